@@ -1,0 +1,73 @@
+// swift-tools-version: 6.0
+// MILAN in Swift: masked image pretraining on language-assisted representations.
+//
+// Layers (one-way): CMilanKernels/COpenBLAS -> MilanTensor (tensors, kernels) -> MilanIO (safetensors)
+// -> MilanAutograd (tape, differentiable ops) -> ... -> milan (CLI).
+//
+// No unsafeFlags anywhere: the SIMD hot loops live in the C target CMilanKernels, whose AVX2/FMA functions carry
+// per-function `__attribute__((target("avx2,fma")))` and are chosen at run time from CPUID, with a portable path
+// beside them. The package therefore builds unchanged as a versioned dependency.
+import PackageDescription
+
+#if os(Linux)
+let blasDependencies: [Target.Dependency] = ["COpenBLAS"]
+let blasTargets: [Target] = [
+  .systemLibrary(
+    name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+    providers: [.apt(["libopenblas-dev"])]),
+]
+#else
+let blasDependencies: [Target.Dependency] = []
+let blasTargets: [Target] = []
+#endif
+
+let package = Package(
+  name: "milan-swift",
+  platforms: [.macOS(.v14)],
+  products: [
+    .library(name: "MilanTensor", targets: ["MilanTensor"]),
+    .library(name: "MilanIO", targets: ["MilanIO"]),
+    .library(name: "MilanAutograd", targets: ["MilanAutograd"]),
+    .executable(name: "milan", targets: ["milan"]),
+    .executable(name: "milan-bench", targets: ["milan-bench"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/apple/swift-numerics", from: "1.0.0"),
+  ],
+  targets: blasTargets + [
+    .target(
+      name: "CMilanKernels",
+      cSettings: [.define("_GNU_SOURCE")],
+      linkerSettings: [.linkedLibrary("m", .when(platforms: [.linux]))]),
+    .target(
+      name: "MilanTensor",
+      dependencies: blasDependencies + [
+        "CMilanKernels",
+        .product(name: "RealModule", package: "swift-numerics"),
+      ],
+      linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]),
+    .target(name: "MilanIO", dependencies: ["MilanTensor"]),
+    .target(name: "MilanAutograd", dependencies: ["MilanTensor"]),
+    .executableTarget(
+      name: "milan",
+      dependencies: [
+        "MilanTensor", "MilanIO", "MilanAutograd",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
+    .executableTarget(
+      name: "milan-bench",
+      dependencies: [
+        "MilanTensor", "MilanAutograd",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ],
+      path: "bench/Sources/milan-bench"),
+    .testTarget(
+      name: "MilanTensorTests",
+      dependencies: ["MilanTensor", "MilanIO", .product(name: "RealModule", package: "swift-numerics")]),
+    .testTarget(name: "MilanIOTests", dependencies: ["MilanIO"]),
+    .testTarget(
+      name: "MilanAutogradTests",
+      dependencies: ["MilanAutograd", "MilanTensor", "MilanIO"]),
+  ]
+)

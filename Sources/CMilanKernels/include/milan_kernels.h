@@ -1,0 +1,51 @@
+// Row and elementwise SIMD kernels for MILAN in Swift.
+//
+// Every function has an AVX2+FMA body (compiled with a per-function target attribute, so no global -mavx2 flag is
+// needed) and a portable scalar body; the body is picked once from CPUID (`milan_simd_level`). Tests force the scalar
+// body with `milan_set_simd_level(0)` and compare both against naive Swift references.
+//
+// Conventions: all arrays are contiguous float32, row-major. Backward functions ACCUMULATE into their gradient
+// outputs (dx += ...) unless an `accumulate` flag says otherwise. Row ranges let the caller split work across threads.
+#ifndef MILAN_KERNELS_H
+#define MILAN_KERNELS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// 0 = portable scalar code, 1 = AVX2 + FMA.
+int milan_simd_level(void);
+/// Forces a level (clamped to what the CPU supports). Returns the level now in force.
+int milan_set_simd_level(int level);
+
+// y = f(x); dx += dy * f'(x). n elements. In-place (y == x) is allowed for the forwards.
+void milan_gelu_erf_fwd(const float *x, float *y, long n);
+void milan_gelu_erf_bwd(const float *x, const float *dy, float *dx, long n);
+void milan_gelu_tanh_fwd(const float *x, float *y, long n);
+void milan_gelu_tanh_bwd(const float *x, const float *dy, float *dx, long n);
+void milan_quick_gelu_fwd(const float *x, float *y, long n);
+void milan_quick_gelu_bwd(const float *x, const float *dy, float *dx, long n);
+/// y = exp(x), n elements (used by tests and log-softmax helpers).
+void milan_exp(const float *x, float *y, long n);
+
+// LayerNorm over the last axis of x: [rows, d]. weight/bias may be NULL (no affine).
+// mean, rstd: [rows] (saved for the backward).
+void milan_layernorm_fwd(const float *x, const float *weight, const float *bias, float *y, float *mean,
+                         float *rstd, long rows, long d, float eps);
+// dx += ..., dweight += ..., dbias += ... (dweight/dbias may be NULL; dx may be NULL).
+void milan_layernorm_bwd(const float *dy, const float *x, const float *weight, const float *mean, const float *rstd,
+                         float *dx, float *dweight, float *dbias, long rows, long d);
+
+// y = softmax(scale * x) along rows of length n. In-place allowed.
+void milan_softmax_fwd(const float *x, float *y, long rows, long n, float scale);
+// g = scale * y * (dy - sum(dy * y)); dx = g (accumulate == 0, dx may alias dy) or dx += g.
+void milan_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n, float scale, int accumulate);
+// y = log_softmax(x) along rows of length n.
+void milan_log_softmax_fwd(const float *x, float *y, long rows, long n);
+// dx += dy - exp(y) * sum(dy).
+void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

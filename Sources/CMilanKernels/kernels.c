@@ -1,0 +1,610 @@
+// SIMD bodies of the row/elementwise kernels declared in milan_kernels.h.
+// Approximations (both paths use the same formulas, so the AVX2 and scalar paths agree to a few ulp):
+//   exp:  Cody-Waite range reduction + degree-6 polynomial, relative error ~2e-7 over [-87, 88].
+//   erfc: Chebyshev-fitted formula t*exp(-z^2 + P(t)), t = 1/(1 + z/2), fractional error < 1.2e-7 for all z >= 0,
+//         so GELU keeps relative accuracy in both tails (no 1 + erf cancellation).
+#include "milan_kernels.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define MILAN_X86 1
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma")))
+#else
+#define MILAN_X86 0
+#endif
+
+static int g_level = -1;
+
+static int detect_level(void) {
+#if MILAN_X86
+  __builtin_cpu_init();
+  return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+#else
+  return 0;
+#endif
+}
+
+int milan_simd_level(void) {
+  int l = __atomic_load_n(&g_level, __ATOMIC_RELAXED);
+  if (l < 0) {
+    l = detect_level();
+    __atomic_store_n(&g_level, l, __ATOMIC_RELAXED);
+  }
+  return l;
+}
+
+int milan_set_simd_level(int level) {
+  int hw = detect_level();
+  int l = level < 0 ? 0 : (level > hw ? hw : level);
+  __atomic_store_n(&g_level, l, __ATOMIC_RELAXED);
+  return l;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scalar math shared by the portable path and the vector tails.
+
+#define EXP_HI 88.3762626647949f
+#define EXP_LO -87.3365447504019f
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693359375f
+#define LN2_LO -2.12194440e-4f
+
+static inline float s_exp(float x) {
+  if (x < EXP_LO) return x < -103.0f ? 0.0f : expf(x);  // denormal range: defer to libm
+  if (x > EXP_HI) x = EXP_HI;
+  float fx = nearbyintf(x * LOG2E);
+  float r = x - fx * LN2_HI;
+  r = r - fx * LN2_LO;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t e = ((int32_t)fx + 127) << 23;
+  float s;
+  memcpy(&s, &e, sizeof s);
+  return y * s;
+}
+
+// erfc(z) for z >= 0.
+static inline float s_erfc_pos(float z) {
+  float t = 1.0f / (1.0f + 0.5f * z);
+  float p = 0.17087277f;
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  return t * s_exp(-z * z + p);
+}
+
+#define INV_SQRT2 0.70710678118654752f
+#define INV_SQRT_2PI 0.39894228040143268f
+#define SQRT_2_OVER_PI 0.79788456080286536f
+#define GELU_C 0.044715f
+
+// Phi(x) = 0.5 * erfc(-x / sqrt2)
+static inline float s_phi(float x) {
+  float c = 0.5f * s_erfc_pos(fabsf(x) * INV_SQRT2);
+  return x >= 0.0f ? 1.0f - c : c;
+}
+
+static inline float s_sigmoid(float z) { return 1.0f / (1.0f + s_exp(-z)); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// AVX2 math.
+
+#if MILAN_X86
+AVX2 static inline __m256 v_exp(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(EXP_LO);
+  __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-103.0f), _CMP_LT_OQ);
+  x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
+  x = _mm256_max_ps(x, lo);
+  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LN2_HI), x);
+  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LN2_LO), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, y);  // far below the float range: exactly 0 (e.g. exp(-inf))
+}
+
+AVX2 static inline __m256 v_erfc_pos(__m256 z) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.5f), z, one));
+  __m256 p = _mm256_set1_ps(0.17087277f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.13520398f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.27886807f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.18628806f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.09678418f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
+  __m256 arg = _mm256_fnmadd_ps(z, z, p);
+  return _mm256_mul_ps(t, v_exp(arg));
+}
+
+AVX2 static inline __m256 v_abs(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+
+AVX2 static inline __m256 v_phi(__m256 x) {
+  __m256 c = _mm256_mul_ps(_mm256_set1_ps(0.5f), v_erfc_pos(_mm256_mul_ps(v_abs(x), _mm256_set1_ps(INV_SQRT2))));
+  __m256 pos = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ);
+  return _mm256_blendv_ps(c, _mm256_sub_ps(_mm256_set1_ps(1.0f), c), pos);
+}
+
+AVX2 static inline __m256 v_sigmoid(__m256 z) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, v_exp(_mm256_sub_ps(_mm256_setzero_ps(), z))));
+}
+
+AVX2 static inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+AVX2 static inline float hmax(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_max_ps(lo, hi);
+  lo = _mm_max_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_max_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------
+// Activations. Each has a scalar element function; the AVX2 loop handles 8 lanes and falls back to it for the tail.
+
+static inline float s_gelu_erf(float x) { return x * s_phi(x); }
+static inline float s_gelu_erf_grad(float x) { return s_phi(x) + x * INV_SQRT_2PI * s_exp(-0.5f * x * x); }
+// tanh GELU: 0.5 x (1 + tanh u) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+static inline float s_gelu_tanh(float x) {
+  float u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+  return x * s_sigmoid(2.0f * u);
+}
+static inline float s_gelu_tanh_grad(float x) {
+  float u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+  float s = s_sigmoid(2.0f * u);
+  float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_C * x * x);
+  return s + x * 2.0f * s * (1.0f - s) * du;
+}
+static inline float s_quick(float x) { return x * s_sigmoid(1.702f * x); }
+static inline float s_quick_grad(float x) {
+  float s = s_sigmoid(1.702f * x);
+  return s + 1.702f * x * s * (1.0f - s);
+}
+
+#if MILAN_X86
+AVX2 static inline __m256 v_gelu_erf(__m256 x) { return _mm256_mul_ps(x, v_phi(x)); }
+AVX2 static inline __m256 v_gelu_erf_grad(__m256 x) {
+  __m256 g = v_exp(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(x, x)));
+  return _mm256_fmadd_ps(_mm256_mul_ps(x, _mm256_set1_ps(INV_SQRT_2PI)), g, v_phi(x));
+}
+AVX2 static inline __m256 v_gelu_tanh(__m256 x) {
+  __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+  __m256 u = _mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI), _mm256_fmadd_ps(_mm256_set1_ps(GELU_C), x3, x));
+  return _mm256_mul_ps(x, v_sigmoid(_mm256_add_ps(u, u)));
+}
+AVX2 static inline __m256 v_gelu_tanh_grad(__m256 x) {
+  __m256 xx = _mm256_mul_ps(x, x);
+  __m256 u = _mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI), _mm256_fmadd_ps(_mm256_set1_ps(GELU_C), _mm256_mul_ps(xx, x), x));
+  __m256 s = v_sigmoid(_mm256_add_ps(u, u));
+  __m256 du = _mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI),
+                            _mm256_fmadd_ps(_mm256_set1_ps(3.0f * GELU_C), xx, _mm256_set1_ps(1.0f)));
+  __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(x, x), s), _mm256_sub_ps(_mm256_set1_ps(1.0f), s));
+  return _mm256_fmadd_ps(t, du, s);
+}
+AVX2 static inline __m256 v_quick(__m256 x) { return _mm256_mul_ps(x, v_sigmoid(_mm256_mul_ps(_mm256_set1_ps(1.702f), x))); }
+AVX2 static inline __m256 v_quick_grad(__m256 x) {
+  __m256 s = v_sigmoid(_mm256_mul_ps(_mm256_set1_ps(1.702f), x));
+  __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(1.702f), x), _mm256_mul_ps(s, _mm256_sub_ps(_mm256_set1_ps(1.0f), s)));
+  return _mm256_add_ps(s, t);
+}
+#endif
+
+#if MILAN_X86
+#define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD)                                         \
+  AVX2 static void NAME##_fwd_avx2(const float *x, float *y, long n) {                      \
+    long i = 0;                                                                             \
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, VFWD(_mm256_loadu_ps(x + i)));      \
+    for (; i < n; i++) y[i] = SFWD(x[i]);                                                   \
+  }                                                                                         \
+  AVX2 static void NAME##_bwd_avx2(const float *x, const float *dy, float *dx, long n) {    \
+    long i = 0;                                                                             \
+    for (; i + 8 <= n; i += 8) {                                                            \
+      __m256 g = VGRAD(_mm256_loadu_ps(x + i));                                             \
+      _mm256_storeu_ps(dx + i, _mm256_fmadd_ps(g, _mm256_loadu_ps(dy + i), _mm256_loadu_ps(dx + i))); \
+    }                                                                                       \
+    for (; i < n; i++) dx[i] += dy[i] * SGRAD(x[i]);                                        \
+  }                                                                                         \
+  void milan_##NAME##_fwd(const float *x, float *y, long n) {                               \
+    if (milan_simd_level() > 0) { NAME##_fwd_avx2(x, y, n); return; }                       \
+    for (long i = 0; i < n; i++) y[i] = SFWD(x[i]);                                         \
+  }                                                                                         \
+  void milan_##NAME##_bwd(const float *x, const float *dy, float *dx, long n) {             \
+    if (milan_simd_level() > 0) { NAME##_bwd_avx2(x, dy, dx, n); return; }                  \
+    for (long i = 0; i < n; i++) dx[i] += dy[i] * SGRAD(x[i]);                              \
+  }
+#else
+#define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD)                                         \
+  void milan_##NAME##_fwd(const float *x, float *y, long n) {                               \
+    for (long i = 0; i < n; i++) y[i] = SFWD(x[i]);                                         \
+  }                                                                                         \
+  void milan_##NAME##_bwd(const float *x, const float *dy, float *dx, long n) {             \
+    for (long i = 0; i < n; i++) dx[i] += dy[i] * SGRAD(x[i]);                              \
+  }
+#endif
+
+DEFINE_UNARY(gelu_erf, s_gelu_erf, v_gelu_erf, s_gelu_erf_grad, v_gelu_erf_grad)
+DEFINE_UNARY(gelu_tanh, s_gelu_tanh, v_gelu_tanh, s_gelu_tanh_grad, v_gelu_tanh_grad)
+DEFINE_UNARY(quick_gelu, s_quick, v_quick, s_quick_grad, v_quick_grad)
+
+#if MILAN_X86
+AVX2 static void exp_avx2(const float *x, float *y, long n) {
+  long i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, v_exp(_mm256_loadu_ps(x + i)));
+  for (; i < n; i++) y[i] = s_exp(x[i]);
+}
+#endif
+void milan_exp(const float *x, float *y, long n) {
+#if MILAN_X86
+  if (milan_simd_level() > 0) { exp_avx2(x, y, n); return; }
+#endif
+  for (long i = 0; i < n; i++) y[i] = s_exp(x[i]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// LayerNorm
+
+static void ln_fwd_scalar(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd,
+                          long rows, long d, float eps) {
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * d;
+    float *yr = y + r * d;
+    float s = 0;
+    for (long i = 0; i < d; i++) s += xr[i];
+    float m = s / (float)d;
+    float v = 0;
+    for (long i = 0; i < d; i++) { float c = xr[i] - m; v += c * c; }
+    float rs = 1.0f / sqrtf(v / (float)d + eps);
+    for (long i = 0; i < d; i++) {
+      float h = (xr[i] - m) * rs;
+      yr[i] = (w ? h * w[i] : h) + (b ? b[i] : 0.0f);
+    }
+    if (mean) mean[r] = m;
+    if (rstd) rstd[r] = rs;
+  }
+}
+
+static void ln_bwd_scalar(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
+                          float *dx, float *dw, float *db, long rows, long d) {
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * d, *gr = dy + r * d;
+    float m = mean[r], rs = rstd[r];
+    float s1 = 0, s2 = 0;  // mean(g*w), mean(g*w*xhat)
+    for (long i = 0; i < d; i++) {
+      float h = (xr[i] - m) * rs;
+      float g = gr[i] * (w ? w[i] : 1.0f);
+      s1 += g;
+      s2 += g * h;
+      if (dw) dw[i] += gr[i] * h;
+      if (db) db[i] += gr[i];
+    }
+    s1 /= (float)d;
+    s2 /= (float)d;
+    if (dx) {
+      float *dr = dx + r * d;
+      for (long i = 0; i < d; i++) {
+        float h = (xr[i] - m) * rs;
+        float g = gr[i] * (w ? w[i] : 1.0f);
+        dr[i] += rs * (g - s1 - h * s2);
+      }
+    }
+  }
+}
+
+#if MILAN_X86
+AVX2 static void ln_fwd_avx2(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd,
+                             long rows, long d, float eps) {
+  long d8 = d & ~7L;
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * d;
+    float *yr = y + r * d;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 16 <= d8; i += 16) {
+      a0 = _mm256_add_ps(a0, _mm256_loadu_ps(xr + i));
+      a1 = _mm256_add_ps(a1, _mm256_loadu_ps(xr + i + 8));
+    }
+    for (; i < d8; i += 8) a0 = _mm256_add_ps(a0, _mm256_loadu_ps(xr + i));
+    float s = hsum(_mm256_add_ps(a0, a1));
+    for (; i < d; i++) s += xr[i];
+    float m = s / (float)d;
+    __m256 vm = _mm256_set1_ps(m);
+    a0 = _mm256_setzero_ps();
+    a1 = _mm256_setzero_ps();
+    for (i = 0; i + 16 <= d8; i += 16) {
+      __m256 c0 = _mm256_sub_ps(_mm256_loadu_ps(xr + i), vm);
+      __m256 c1 = _mm256_sub_ps(_mm256_loadu_ps(xr + i + 8), vm);
+      a0 = _mm256_fmadd_ps(c0, c0, a0);
+      a1 = _mm256_fmadd_ps(c1, c1, a1);
+    }
+    for (; i < d8; i += 8) {
+      __m256 c0 = _mm256_sub_ps(_mm256_loadu_ps(xr + i), vm);
+      a0 = _mm256_fmadd_ps(c0, c0, a0);
+    }
+    float v = hsum(_mm256_add_ps(a0, a1));
+    for (; i < d; i++) { float c = xr[i] - m; v += c * c; }
+    float rs = 1.0f / sqrtf(v / (float)d + eps);
+    __m256 vr = _mm256_set1_ps(rs);
+    for (i = 0; i < d8; i += 8) {
+      __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), vm), vr);
+      if (w) h = _mm256_mul_ps(h, _mm256_loadu_ps(w + i));
+      if (b) h = _mm256_add_ps(h, _mm256_loadu_ps(b + i));
+      _mm256_storeu_ps(yr + i, h);
+    }
+    for (; i < d; i++) {
+      float h = (xr[i] - m) * rs;
+      yr[i] = (w ? h * w[i] : h) + (b ? b[i] : 0.0f);
+    }
+    if (mean) mean[r] = m;
+    if (rstd) rstd[r] = rs;
+  }
+}
+
+AVX2 static void ln_bwd_avx2(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
+                             float *dx, float *dw, float *db, long rows, long d) {
+  long d8 = d & ~7L;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * d, *gr = dy + r * d;
+    float m = mean[r], rs = rstd[r];
+    __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(rs);
+    __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
+    long i = 0;
+    for (; i < d8; i += 8) {
+      __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), vm), vr);
+      __m256 gy = _mm256_loadu_ps(gr + i);
+      __m256 g = _mm256_mul_ps(gy, w ? _mm256_loadu_ps(w + i) : one);
+      a1 = _mm256_add_ps(a1, g);
+      a2 = _mm256_fmadd_ps(g, h, a2);
+      if (dw) _mm256_storeu_ps(dw + i, _mm256_fmadd_ps(gy, h, _mm256_loadu_ps(dw + i)));
+      if (db) _mm256_storeu_ps(db + i, _mm256_add_ps(gy, _mm256_loadu_ps(db + i)));
+    }
+    float s1 = hsum(a1), s2 = hsum(a2);
+    for (; i < d; i++) {
+      float h = (xr[i] - m) * rs;
+      float g = gr[i] * (w ? w[i] : 1.0f);
+      s1 += g;
+      s2 += g * h;
+      if (dw) dw[i] += gr[i] * h;
+      if (db) db[i] += gr[i];
+    }
+    s1 /= (float)d;
+    s2 /= (float)d;
+    if (!dx) continue;
+    float *dr = dx + r * d;
+    __m256 v1 = _mm256_set1_ps(s1), v2 = _mm256_set1_ps(s2);
+    for (i = 0; i < d8; i += 8) {
+      __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), vm), vr);
+      __m256 g = _mm256_mul_ps(_mm256_loadu_ps(gr + i), w ? _mm256_loadu_ps(w + i) : one);
+      __m256 t = _mm256_sub_ps(_mm256_sub_ps(g, v1), _mm256_mul_ps(h, v2));
+      _mm256_storeu_ps(dr + i, _mm256_fmadd_ps(vr, t, _mm256_loadu_ps(dr + i)));
+    }
+    for (; i < d; i++) {
+      float h = (xr[i] - m) * rs;
+      float g = gr[i] * (w ? w[i] : 1.0f);
+      dr[i] += rs * (g - s1 - h * s2);
+    }
+  }
+}
+#endif
+
+void milan_layernorm_fwd(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd, long rows,
+                         long d, float eps) {
+#if MILAN_X86
+  if (milan_simd_level() > 0) { ln_fwd_avx2(x, w, b, y, mean, rstd, rows, d, eps); return; }
+#endif
+  ln_fwd_scalar(x, w, b, y, mean, rstd, rows, d, eps);
+}
+
+void milan_layernorm_bwd(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
+                         float *dx, float *dw, float *db, long rows, long d) {
+#if MILAN_X86
+  if (milan_simd_level() > 0) { ln_bwd_avx2(dy, x, w, mean, rstd, dx, dw, db, rows, d); return; }
+#endif
+  ln_bwd_scalar(dy, x, w, mean, rstd, dx, dw, db, rows, d);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Softmax / log-softmax
+
+static void softmax_fwd_scalar(const float *x, float *y, long rows, long n, float scale) {
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * n;
+    float *yr = y + r * n;
+    float mx = -INFINITY;
+    for (long i = 0; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
+    float s = 0;
+    for (long i = 0; i < n; i++) { float e = s_exp(scale * (xr[i] - mx)); yr[i] = e; s += e; }
+    float inv = 1.0f / s;
+    for (long i = 0; i < n; i++) yr[i] *= inv;
+  }
+}
+
+static void softmax_bwd_scalar(const float *y, const float *dy, float *dx, long rows, long n, float scale, int acc) {
+  for (long r = 0; r < rows; r++) {
+    const float *yr = y + r * n, *gr = dy + r * n;
+    float *dr = dx + r * n;
+    float s = 0;
+    for (long i = 0; i < n; i++) s += yr[i] * gr[i];
+    for (long i = 0; i < n; i++) {
+      float g = scale * yr[i] * (gr[i] - s);
+      dr[i] = acc ? dr[i] + g : g;
+    }
+  }
+}
+
+static void log_softmax_fwd_scalar(const float *x, float *y, long rows, long n) {
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * n;
+    float *yr = y + r * n;
+    float mx = -INFINITY;
+    for (long i = 0; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
+    float s = 0;
+    for (long i = 0; i < n; i++) s += s_exp(xr[i] - mx);
+    float lse = mx + logf(s);
+    for (long i = 0; i < n; i++) yr[i] = xr[i] - lse;
+  }
+}
+
+static void log_softmax_bwd_scalar(const float *y, const float *dy, float *dx, long rows, long n) {
+  for (long r = 0; r < rows; r++) {
+    const float *yr = y + r * n, *gr = dy + r * n;
+    float *dr = dx + r * n;
+    float s = 0;
+    for (long i = 0; i < n; i++) s += gr[i];
+    for (long i = 0; i < n; i++) dr[i] += gr[i] - s_exp(yr[i]) * s;
+  }
+}
+
+#if MILAN_X86
+AVX2 static inline float row_max_avx2(const float *xr, long n) {
+  long i = 0;
+  __m256 m0 = _mm256_set1_ps(-INFINITY);
+  for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(xr + i));
+  float mx = hmax(m0);
+  for (; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
+  return mx;
+}
+
+AVX2 static void softmax_fwd_avx2(const float *x, float *y, long rows, long n, float scale) {
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * n;
+    float *yr = y + r * n;
+    float mx = row_max_avx2(xr, n);
+    __m256 vm = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+      __m256 e = v_exp(_mm256_mul_ps(vs, _mm256_sub_ps(_mm256_loadu_ps(xr + i), vm)));
+      _mm256_storeu_ps(yr + i, e);
+      acc = _mm256_add_ps(acc, e);
+    }
+    float s = hsum(acc);
+    for (; i < n; i++) { float e = s_exp(scale * (xr[i] - mx)); yr[i] = e; s += e; }
+    __m256 inv = _mm256_set1_ps(1.0f / s);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_loadu_ps(yr + i), inv));
+    float is = 1.0f / s;
+    for (; i < n; i++) yr[i] *= is;
+  }
+}
+
+AVX2 static void softmax_bwd_avx2(const float *y, const float *dy, float *dx, long rows, long n, float scale, int acc) {
+  for (long r = 0; r < rows; r++) {
+    const float *yr = y + r * n, *gr = dy + r * n;
+    float *dr = dx + r * n;
+    __m256 a = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 8 <= n; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(yr + i), _mm256_loadu_ps(gr + i), a);
+    float s = hsum(a);
+    for (; i < n; i++) s += yr[i] * gr[i];
+    __m256 vs = _mm256_set1_ps(s), vsc = _mm256_set1_ps(scale);
+    for (i = 0; i + 8 <= n; i += 8) {
+      __m256 g = _mm256_mul_ps(_mm256_mul_ps(vsc, _mm256_loadu_ps(yr + i)), _mm256_sub_ps(_mm256_loadu_ps(gr + i), vs));
+      if (acc) g = _mm256_add_ps(g, _mm256_loadu_ps(dr + i));
+      _mm256_storeu_ps(dr + i, g);
+    }
+    for (; i < n; i++) {
+      float g = scale * yr[i] * (gr[i] - s);
+      dr[i] = acc ? dr[i] + g : g;
+    }
+  }
+}
+
+AVX2 static void log_softmax_fwd_avx2(const float *x, float *y, long rows, long n) {
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * n;
+    float *yr = y + r * n;
+    float mx = row_max_avx2(xr, n);
+    __m256 vm = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_add_ps(acc, v_exp(_mm256_sub_ps(_mm256_loadu_ps(xr + i), vm)));
+    float s = hsum(acc);
+    for (; i < n; i++) s += s_exp(xr[i] - mx);
+    float lse = mx + logf(s);
+    __m256 vl = _mm256_set1_ps(lse);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(yr + i, _mm256_sub_ps(_mm256_loadu_ps(xr + i), vl));
+    for (; i < n; i++) yr[i] = xr[i] - lse;
+  }
+}
+
+AVX2 static void log_softmax_bwd_avx2(const float *y, const float *dy, float *dx, long rows, long n) {
+  for (long r = 0; r < rows; r++) {
+    const float *yr = y + r * n, *gr = dy + r * n;
+    float *dr = dx + r * n;
+    __m256 a = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 8 <= n; i += 8) a = _mm256_add_ps(a, _mm256_loadu_ps(gr + i));
+    float s = hsum(a);
+    for (; i < n; i++) s += gr[i];
+    __m256 vs = _mm256_set1_ps(s);
+    for (i = 0; i + 8 <= n; i += 8) {
+      __m256 g = _mm256_fnmadd_ps(v_exp(_mm256_loadu_ps(yr + i)), vs, _mm256_loadu_ps(gr + i));
+      _mm256_storeu_ps(dr + i, _mm256_add_ps(g, _mm256_loadu_ps(dr + i)));
+    }
+    for (; i < n; i++) dr[i] += gr[i] - s_exp(yr[i]) * s;
+  }
+}
+#endif
+
+void milan_softmax_fwd(const float *x, float *y, long rows, long n, float scale) {
+#if MILAN_X86
+  if (milan_simd_level() > 0) { softmax_fwd_avx2(x, y, rows, n, scale); return; }
+#endif
+  softmax_fwd_scalar(x, y, rows, n, scale);
+}
+
+void milan_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n, float scale, int accumulate) {
+#if MILAN_X86
+  if (milan_simd_level() > 0) { softmax_bwd_avx2(y, dy, dx, rows, n, scale, accumulate); return; }
+#endif
+  softmax_bwd_scalar(y, dy, dx, rows, n, scale, accumulate);
+}
+
+void milan_log_softmax_fwd(const float *x, float *y, long rows, long n) {
+#if MILAN_X86
+  if (milan_simd_level() > 0) { log_softmax_fwd_avx2(x, y, rows, n); return; }
+#endif
+  log_softmax_fwd_scalar(x, y, rows, n);
+}
+
+void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n) {
+#if MILAN_X86
+  if (milan_simd_level() > 0) { log_softmax_bwd_avx2(y, dy, dx, rows, n); return; }
+#endif
+  log_softmax_bwd_scalar(y, dy, dx, rows, n);
+}

@@ -1,0 +1,58 @@
+// Differentiable elementwise arithmetic with suffix broadcasting of the right operand (bias [D] or position table
+// [1, L, D] over [B, L, D]), scaling, activations and shape views.
+import MilanTensor
+
+extension Variable {
+  fileprivate func binary(_ op: Kernels.BinaryOp, _ other: Variable) -> Variable {
+    let a = self, b = other
+    precondition(b.count > 0 && a.count % b.count == 0 && Variable.isSuffixBroadcast(b.shape, of: a.shape),
+                 "elementwise: cannot broadcast \(b.shape) onto \(a.shape)")
+    let y = Tensor(uninitialized: a.shape)
+    Kernels.binaryForward(op, a: a.value.data, b: b.value.data, bCount: b.count, y: y.data, count: a.count)
+    return Autograd.result(y, [a, b]) { g in
+      Kernels.binaryBackward(op, dy: g.data, a: a.value.data, b: b.value.data, bCount: b.count,
+                             da: a.requiresGrad ? a.gradBuffer().data : nil,
+                             db: b.requiresGrad ? b.gradBuffer().data : nil, count: a.count)
+    }
+  }
+
+  /// b broadcasts onto a when, after dropping b's leading 1s, b's shape is a suffix of a's.
+  static func isSuffixBroadcast(_ b: [Int], of a: [Int]) -> Bool {
+    var bs = b[...]
+    while let f = bs.first, f == 1, bs.count > 0 { bs = bs.dropFirst() }
+    return bs.count <= a.count && Array(a.suffix(bs.count)) == Array(bs)
+  }
+
+  public static func + (a: Variable, b: Variable) -> Variable { a.binary(.add, b) }
+  public static func - (a: Variable, b: Variable) -> Variable { a.binary(.sub, b) }
+  public static func * (a: Variable, b: Variable) -> Variable { a.binary(.mul, b) }
+
+  /// alpha·self + beta.
+  public func affine(_ alpha: Float, _ beta: Float = 0) -> Variable {
+    let x = self
+    let y = Tensor(uninitialized: shape)
+    Kernels.affine(x: value.data, y: y.data, count: count, alpha: alpha, beta: beta)
+    return Autograd.result(y, [x]) { g in Kernels.axpy(alpha, x: g.data, y: x.gradBuffer().data, count: g.count) }
+  }
+
+  public func activation(_ kind: Activation) -> Variable {
+    let x = self
+    let y = Tensor(uninitialized: shape)
+    Kernels.activationForward(kind, x: value.data, y: y.data, count: count)
+    return Autograd.result(y, [x]) { g in
+      Kernels.activationBackward(kind, x: x.value.data, dy: g.data, dx: x.gradBuffer().data, count: g.count)
+    }
+  }
+
+  public func gelu() -> Variable { activation(.gelu) }
+
+  /// A view with a new shape (one axis may be -1); the gradient flows back reshaped.
+  public func reshaped(_ newShape: [Int]) -> Variable {
+    let x = self
+    let y = value.reshaped(newShape)
+    return Autograd.result(y, [x]) { g in
+      let d = x.gradBuffer()
+      Kernels.axpy(1, x: g.data, y: d.data, count: g.count)
+    }
+  }
+}

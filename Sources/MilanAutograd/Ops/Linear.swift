@@ -1,0 +1,36 @@
+// Differentiable linear layer and batched matrix product.
+import MilanTensor
+
+/// y[..., out] = x[..., in]·weightᵀ + bias; weight: [out, in] (PyTorch layout).
+public func linear(_ x: Variable, _ weight: Variable, _ bias: Variable? = nil) -> Variable {
+  let inF = x.value.lastDim, outF = weight.shape[0]
+  precondition(weight.shape == [outF, inF], "linear: weight \(weight.shape) for input \(x.shape)")
+  if let bias { precondition(bias.shape == [outF], "linear: bias \(bias.shape), expected [\(outF)]") }
+  let rows = x.value.rows
+  let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outF])
+  Kernels.linearForward(x: x.value.data, weight: weight.value.data, bias: bias?.value.data, y: y.data, rows: rows,
+                        inFeatures: inF, outFeatures: outF)
+  let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
+  return Autograd.result(y, inputs) { g in
+    Kernels.linearBackward(
+      dy: g.data, x: x.value.data, weight: weight.value.data,
+      dx: x.requiresGrad ? x.gradBuffer().data : nil,
+      dWeight: weight.requiresGrad ? weight.gradBuffer().data : nil,
+      dBias: (bias?.requiresGrad ?? false) ? bias!.gradBuffer().data : nil,
+      rows: rows, inFeatures: inF, outFeatures: outF)
+  }
+}
+
+/// c[b] = a[b]·bm[b]; a: [B, M, K], bm: [B, K, N] → [B, M, N].
+public func bmm(_ a: Variable, _ b: Variable) -> Variable {
+  precondition(a.shape.count == 3 && b.shape.count == 3 && a.shape[0] == b.shape[0] && a.shape[2] == b.shape[1],
+               "bmm: \(a.shape) · \(b.shape)")
+  let batch = a.shape[0], m = a.shape[1], k = a.shape[2], n = b.shape[2]
+  let c = Tensor(uninitialized: [batch, m, n])
+  Kernels.bmmForward(.none, .none, a: a.value.data, b: b.value.data, c: c.data, batch: batch, m: m, n: n, k: k)
+  return Autograd.result(c, [a, b]) { g in
+    Kernels.bmmBackward(dc: g.data, a: a.value.data, b: b.value.data,
+                        da: a.requiresGrad ? a.gradBuffer().data : nil,
+                        db: b.requiresGrad ? b.gradBuffer().data : nil, batch: batch, m: m, n: n, k: k)
+  }
+}

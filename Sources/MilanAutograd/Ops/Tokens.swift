@@ -1,0 +1,102 @@
+// Token-axis operations: gather / scatter-add (masking and unshuffling), concatenation and slicing along axis 1,
+// and the patch embedding.
+import MilanTensor
+
+/// y[b, k] = x[b, ids[b, k]]; x: [B, L, D], ids: [B, K] → [B, K, D].
+public func gatherTokens(_ x: Variable, ids: IndexTensor) -> Variable {
+  precondition(x.shape.count == 3 && ids.shape.count == 2 && ids.shape[0] == x.shape[0],
+               "gatherTokens: x \(x.shape), ids \(ids.shape)")
+  let b = x.shape[0], l = x.shape[1], d = x.shape[2], k = ids.shape[1]
+  let y = Tensor(uninitialized: [b, k, d])
+  Kernels.gatherTokens(x: x.value.data, ids: ids.values, y: y.data, batch: b, tokens: l, picked: k, dim: d)
+  return Autograd.result(y, [x]) { g in
+    Kernels.scatterAddTokens(src: g.data, ids: ids.values, out: x.gradBuffer().data, batch: b, tokens: l, picked: k,
+                             dim: d)
+  }
+}
+
+/// out[b, ids[b, k]] += src[b, k] into zeros [B, tokens, D].
+public func scatterAddTokens(_ src: Variable, ids: IndexTensor, tokens: Int) -> Variable {
+  precondition(src.shape.count == 3 && ids.shape == [src.shape[0], src.shape[1]],
+               "scatterAddTokens: src \(src.shape), ids \(ids.shape)")
+  let b = src.shape[0], k = src.shape[1], d = src.shape[2]
+  let y = Tensor(zeros: [b, tokens, d])
+  Kernels.scatterAddTokens(src: src.value.data, ids: ids.values, out: y.data, batch: b, tokens: tokens, picked: k,
+                           dim: d)
+  return Autograd.result(y, [src]) { g in
+    let tmp = Tensor(uninitialized: [b, k, d])
+    Kernels.gatherTokens(x: g.data, ids: ids.values, y: tmp.data, batch: b, tokens: tokens, picked: k, dim: d)
+    Kernels.axpy(1, x: tmp.data, y: src.gradBuffer().data, count: tmp.count)
+  }
+}
+
+/// Concatenates [B, Lᵢ, D] tensors along the token axis. A part with batch 1 is broadcast over the batch (a class
+/// token [1, 1, D]); its gradient is summed over the batch.
+public func concatTokens(_ parts: [Variable]) -> Variable {
+  precondition(!parts.isEmpty && parts.allSatisfy { $0.shape.count == 3 }, "concatTokens: rank-3 inputs required")
+  let batch = parts.map { $0.shape[0] }.max()!, d = parts[0].shape[2]
+  for p in parts {
+    precondition(p.shape[2] == d && (p.shape[0] == batch || p.shape[0] == 1),
+                 "concatTokens: \(p.shape) does not fit batch \(batch), width \(d)")
+  }
+  let total = parts.reduce(0) { $0 + $1.shape[1] }
+  let y = Tensor(uninitialized: [batch, total, d])
+  var start = 0
+  var starts: [Int] = []
+  for p in parts {
+    starts.append(start)
+    let l = p.shape[1]
+    for b in 0..<batch {
+      let src = p.value.data + (p.shape[0] == 1 ? 0 : b * l * d)
+      (y.data + (b * total + start) * d).update(from: src, count: l * d)
+    }
+    start += l
+  }
+  return Autograd.result(y, parts) { g in
+    for (p, s) in zip(parts, starts) where p.requiresGrad {
+      let l = p.shape[1], dst = p.gradBuffer()
+      for b in 0..<batch {
+        let o = dst.data + (p.shape[0] == 1 ? 0 : b * l * d)
+        let src = g.data + (b * total + s) * d
+        for i in 0..<(l * d) { o[i] += src[i] }
+      }
+    }
+  }
+}
+
+/// Tokens [range] of x: [B, L, D] → [B, range.count, D] (copy).
+public func sliceTokens(_ x: Variable, _ range: Range<Int>) -> Variable {
+  precondition(x.shape.count == 3 && range.lowerBound >= 0 && range.upperBound <= x.shape[1],
+               "sliceTokens: \(range) of \(x.shape)")
+  let b = x.shape[0], l = x.shape[1], d = x.shape[2], n = range.count
+  let y = Tensor(uninitialized: [b, n, d])
+  for i in 0..<b { (y.data + i * n * d).update(from: x.value.data + (i * l + range.lowerBound) * d, count: n * d) }
+  return Autograd.result(y, [x]) { g in
+    let dst = x.gradBuffer()
+    for i in 0..<b {
+      let o = dst.data + (i * l + range.lowerBound) * d, s = g.data + i * n * d
+      for j in 0..<(n * d) { o[j] += s[j] }
+    }
+  }
+}
+
+/// Conv2d with stride = kernel = patch, flattened: img [B, C, H, W], weight [E, C, P, P], bias [E] → [B, N, E].
+public func patchEmbed(_ img: Variable, weight: Variable, bias: Variable?) -> Variable {
+  precondition(img.shape.count == 4 && weight.shape.count == 4 && weight.shape[1] == img.shape[1]
+               && weight.shape[2] == weight.shape[3], "patchEmbed: img \(img.shape), weight \(weight.shape)")
+  let e = weight.shape[0]
+  let g = PatchGeometry(batch: img.shape[0], channels: img.shape[1], height: img.shape[2], width: img.shape[3],
+                        patch: weight.shape[2])
+  let cols = Tensor(uninitialized: [g.batch * g.patchesPerImage, g.patchDim])
+  let y = Tensor(uninitialized: [g.batch, g.patchesPerImage, e])
+  Kernels.patchEmbedForward(img: img.value.data, weight: weight.value.data, bias: bias?.value.data, cols: cols.data,
+                            y: y.data, geometry: g, embedDim: e)
+  let inputs = bias.map { [img, weight, $0] } ?? [img, weight]
+  return Autograd.result(y, inputs) { gy in
+    Kernels.patchEmbedBackward(dy: gy.data, cols: cols.data, weight: weight.value.data,
+                               dImg: img.requiresGrad ? img.gradBuffer().data : nil,
+                               dWeight: weight.requiresGrad ? weight.gradBuffer().data : nil,
+                               dBias: (bias?.requiresGrad ?? false) ? bias!.gradBuffer().data : nil,
+                               geometry: g, embedDim: e)
+  }
+}

@@ -1,0 +1,88 @@
+// CBLAS: OpenBLAS on Linux (system-library target COpenBLAS), Accelerate on Apple platforms.
+#if canImport(Accelerate)
+import Accelerate
+#else
+import COpenBLAS
+#endif
+
+public enum Transpose: Sendable { case none, transpose }
+
+public enum BLAS {
+  /// Pins OpenBLAS to one thread: MilanTensor splits work across cores itself. Called on first use.
+  public static let configure: Void = {
+    #if !canImport(Accelerate)
+    openblas_set_num_threads(1)
+    #endif
+  }()
+
+  /// Sets the BLAS library's own thread count (benchmarks compare against raw multi-threaded OpenBLAS).
+  public static func setLibraryThreads(_ n: Int) {
+    #if !canImport(Accelerate)
+    openblas_set_num_threads(Int32(n))
+    #endif
+  }
+
+  public static var libraryDescription: String {
+    #if canImport(Accelerate)
+    return "Accelerate"
+    #else
+    let core = openblas_get_corename().map { String(cString: $0) } ?? "?"
+    let cfg = openblas_get_config().map { String(cString: $0) } ?? "?"
+    return "OpenBLAS \(cfg) core=\(core)"
+    #endif
+  }
+
+  /// Single call of cblas_sgemm, row-major: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
+  @inlinable
+  public static func sgemmRaw(
+    _ ta: Transpose, _ tb: Transpose, _ m: Int, _ n: Int, _ k: Int, alpha: Float,
+    _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int, beta: Float,
+    _ c: UnsafeMutablePointer<Float>, ldc: Int
+  ) {
+    if m == 0 || n == 0 { return }
+    #if canImport(Accelerate)
+    cblas_sgemm(CblasRowMajor, ta == .none ? CblasNoTrans : CblasTrans, tb == .none ? CblasNoTrans : CblasTrans,
+                __LAPACK_int(m), __LAPACK_int(n), __LAPACK_int(k), alpha, a, __LAPACK_int(lda), b, __LAPACK_int(ldb),
+                beta, c, __LAPACK_int(ldc))
+    #else
+    cblas_sgemm(CblasRowMajor, ta == .none ? CblasNoTrans : CblasTrans, tb == .none ? CblasNoTrans : CblasTrans,
+                blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+    #endif
+  }
+
+  /// C[M,N] = alpha * op(A) * op(B) + beta * C, split across `Parallel.threads` along the larger of M and N, each part
+  /// a one-thread BLAS call. Small products run as one call.
+  public static func sgemm(
+    _ ta: Transpose, _ tb: Transpose, _ m: Int, _ n: Int, _ k: Int, alpha: Float = 1,
+    _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
+    _ c: UnsafeMutablePointer<Float>, ldc: Int
+  ) {
+    _ = configure
+    if m == 0 || n == 0 { return }
+    let flops = m * n * max(k, 1)
+    let threads = flops < 1 << 18 ? 1 : Parallel.threads
+    if threads <= 1 {
+      sgemmRaw(ta, tb, m, n, k, alpha: alpha, a, lda: lda, b, ldb: ldb, beta: beta, c, ldc: ldc)
+      return
+    }
+    nonisolated(unsafe) let a = a, b = b, c = c
+    if m >= n {
+      // Split rows of C (and of op(A)). Keep chunk boundaries at multiples of 8 rows.
+      Parallel.forEachChunk((m + 7) / 8, minChunk: 1) { r in
+        let lo = r.lowerBound * 8, hi = min(m, r.upperBound * 8)
+        if lo >= hi { return }
+        let aOff = ta == .none ? lo * lda : lo
+        sgemmRaw(ta, tb, hi - lo, n, k, alpha: alpha, a + aOff, lda: lda, b, ldb: ldb, beta: beta,
+                 c + lo * ldc, ldc: ldc)
+      }
+    } else {
+      Parallel.forEachChunk((n + 15) / 16, minChunk: 1) { r in
+        let lo = r.lowerBound * 16, hi = min(n, r.upperBound * 16)
+        if lo >= hi { return }
+        let bOff = tb == .none ? lo : lo * ldb
+        sgemmRaw(ta, tb, m, hi - lo, k, alpha: alpha, a, lda: lda, b + bOff, ldb: ldb, beta: beta,
+                 c + lo, ldc: ldc)
+      }
+    }
+  }
+}

@@ -1,0 +1,124 @@
+// Reference-counted, 64-byte aligned float buffers with a size-classed free list.
+//
+// Training allocates the same activation and gradient sizes every step. Fresh large allocations go through mmap and
+// page-fault on first touch, which costs more than the kernels themselves at ViT sizes, so released buffers are kept
+// in a pool keyed by size class and handed out again. The pool is bounded (`BufferPool.maxCachedBytes`).
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+
+public final class TensorStorage: @unchecked Sendable {
+  public let pointer: UnsafeMutablePointer<Float>
+  /// Elements the buffer holds (its size class), at least the requested count.
+  public let capacity: Int
+
+  init(pointer: UnsafeMutablePointer<Float>, capacity: Int) {
+    self.pointer = pointer
+    self.capacity = capacity
+  }
+
+  /// A buffer of at least `count` elements; its contents are undefined unless `zeroed`.
+  public static func allocate(count: Int, zeroed: Bool) -> TensorStorage {
+    let s = BufferPool.shared.take(count: count)
+    if zeroed { s.pointer.initialize(repeating: 0, count: max(count, 0)) }
+    return s
+  }
+
+  deinit { BufferPool.shared.give(pointer: pointer, capacity: capacity) }
+}
+
+/// Size-classed cache of released buffers (thread-safe).
+public final class BufferPool: @unchecked Sendable {
+  public static let shared = BufferPool()
+  /// Upper bound on the bytes kept for reuse; buffers beyond it are freed.
+  public var maxCachedBytes: Int {
+    get { lock.lock(); defer { lock.unlock() }; return limit }
+    set { lock.lock(); limit = newValue; trimLocked(); lock.unlock() }
+  }
+
+  private let lock = NSLock()
+  private var bins: [Int: [UnsafeMutablePointer<Float>]] = [:]
+  private var cached = 0
+  private var limit = 6 << 30
+  private var liveBytes = 0
+  private var peak = 0
+
+  /// Bytes currently handed out, and the most ever handed out at once (peak tensor memory).
+  public var stats: (live: Int, peak: Int, cached: Int) {
+    lock.lock(); defer { lock.unlock() }
+    return (liveBytes, peak, cached)
+  }
+
+  public func resetPeak() {
+    lock.lock(); peak = liveBytes; lock.unlock()
+  }
+
+  /// Frees every cached buffer.
+  public func drain() {
+    lock.lock()
+    for (_, list) in bins { for p in list { Self.release(p) } }
+    bins.removeAll()
+    cached = 0
+    lock.unlock()
+  }
+
+  /// Size classes: exact below 1 Ki elements (rounded to 16), else rounded up to 1/8 steps of a power of two.
+  static func sizeClass(_ n: Int) -> Int {
+    if n <= 1024 { return max(16, (n + 15) & ~15) }
+    let hb = Int.bitWidth - n.leadingZeroBitCount - 1  // floor(log2 n)
+    let step = 1 << (hb - 3)
+    return (n + step - 1) / step * step
+  }
+
+  func take(count: Int) -> TensorStorage {
+    let cap = Self.sizeClass(count)
+    lock.lock()
+    liveBytes += cap * 4
+    if liveBytes > peak { peak = liveBytes }
+    if var list = bins[cap], let p = list.popLast() {
+      bins[cap] = list
+      cached -= cap * 4
+      lock.unlock()
+      return TensorStorage(pointer: p, capacity: cap)
+    }
+    lock.unlock()
+    var raw: UnsafeMutableRawPointer? = nil
+    let rc = posix_memalign(&raw, 64, cap * 4)
+    guard rc == 0, let r = raw else {
+      fatalError("MilanTensor: out of memory allocating \(cap * 4) bytes")
+    }
+    return TensorStorage(pointer: r.bindMemory(to: Float.self, capacity: cap), capacity: cap)
+  }
+
+  func give(pointer: UnsafeMutablePointer<Float>, capacity: Int) {
+    lock.lock()
+    liveBytes -= capacity * 4
+    if cached + capacity * 4 <= limit {
+      bins[capacity, default: []].append(pointer)
+      cached += capacity * 4
+      lock.unlock()
+    } else {
+      lock.unlock()
+      Self.release(pointer)
+    }
+  }
+
+  private func trimLocked() {
+    while cached > limit, let key = bins.keys.max(), var list = bins[key], let p = list.popLast() {
+      Self.release(p)
+      cached -= key * 4
+      bins[key] = list.isEmpty ? nil : list
+    }
+  }
+
+  private static func release(_ p: UnsafeMutablePointer<Float>) {
+    #if canImport(Glibc)
+    Glibc.free(UnsafeMutableRawPointer(p))
+    #else
+    Darwin.free(UnsafeMutableRawPointer(p))
+    #endif
+  }
+}

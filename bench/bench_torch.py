@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""PyTorch twin of the Swift kernel benchmark: times the ops listed in bench/configs.json, float32 on CPU.
+
+    /work/venv-ref/bin/python bench/bench_torch.py --out bench/results/torch.json [--only gemm] [--threads N]
+
+Timing (identical to the Swift bench): 3 warm-up calls, then repeat until at least 0.5 s and at least 10 calls
+have run; report the best and the median per-call time in ms. Inputs are allocated outside the timed region;
+outputs (and, for fwdbwd, gradients) are allocated inside it, as a training step would.
+Config strings and op names are shared with the Swift bench and must stay byte-identical.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WARMUP = 3
+MIN_CALLS = 10
+MIN_SECONDS = 0.5
+
+
+def time_op(fn, reset=None):
+    """Returns (best_ms, median_ms, calls). `reset` (untimed) runs before every call."""
+    for _ in range(WARMUP):
+        if reset:
+            reset()
+        fn()
+    times = []
+    total = 0.0
+    while len(times) < MIN_CALLS or total < MIN_SECONDS:
+        if reset:
+            reset()
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+    return min(times) * 1e3, statistics.median(times) * 1e3, len(times)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def randn(*shape, requires_grad=False):
+    return torch.randn(*shape, dtype=torch.float32).requires_grad_(requires_grad)
+
+
+def clear_grads(*ts):
+    def reset():
+        for t in ts:
+            t.grad = None
+    return reset
+
+
+# Each generator yields (op, config, fn, reset, flops_or_None).
+
+def gemm_cases(cfg):
+    for M, N, K in cfg.get("gemm", []):
+        conf = f"M={M} N={N} K={K}"
+        flops = 2.0 * M * N * K
+        X, W, dY = randn(M, K), randn(N, K), randn(M, N)
+        yield "gemm_fwd", conf, lambda X=X, W=W: torch.mm(X, W.t()), None, flops
+        yield "gemm_dx", conf, lambda dY=dY, W=W: torch.mm(dY, W), None, flops
+        yield "gemm_dw", conf, lambda dY=dY, X=X: torch.mm(dY.t(), X), None, flops
+
+
+def attention_cases(cfg):
+    for c in cfg.get("attention", []):
+        B, H, Dh, Lq, Lk = c["B"], c["H"], c["Dh"], c["Lq"], c["Lk"]
+        conf = f"B={B} H={H} Dh={Dh} Lq={Lq} Lk={Lk}"
+        q, k, v = randn(B, H, Lq, Dh), randn(B, H, Lk, Dh), randn(B, H, Lk, Dh)
+
+        def fwd(q=q, k=k, v=v):
+            with torch.no_grad():
+                return F.scaled_dot_product_attention(q, k, v)
+        yield "attn_fwd", conf, fwd, None, None
+
+        qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+        go = randn(B, H, Lq, Dh)
+
+        def fwdbwd(q=qg, k=kg, v=vg, go=go):
+            F.scaled_dot_product_attention(q, k, v).backward(go)
+        yield "attn_fwdbwd", conf, fwdbwd, clear_grads(qg, kg, vg), None
+
+
+def layernorm_cases(cfg):
+    for rows, D in cfg.get("layernorm", []):
+        conf = f"rows={rows} D={D}"
+        x, w, b = randn(rows, D), 1 + 0.1 * randn(D), 0.1 * randn(D)
+
+        def fwd(x=x, w=w, b=b, D=D):
+            with torch.no_grad():
+                return F.layer_norm(x, (D,), w, b, eps=1e-6)
+        yield "layernorm_fwd", conf, fwd, None, None
+
+        xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        gy = randn(rows, D)
+
+        def fwdbwd(x=xg, w=wg, b=bg, gy=gy, D=D):
+            F.layer_norm(x, (D,), w, b, eps=1e-6).backward(gy)
+        yield "layernorm_fwdbwd", conf, fwdbwd, clear_grads(xg, wg, bg), None
+
+
+def unary_cases(cfg, key, name, dimname, f):
+    for rows, D in cfg.get(key, []):
+        conf = f"rows={rows} {dimname}={D}"
+        x = randn(rows, D)
+
+        def fwd(x=x):
+            with torch.no_grad():
+                return f(x)
+        yield f"{name}_fwd", conf, fwd, None, None
+
+        xg = x.detach().clone().requires_grad_(True)
+        gy = randn(rows, D)
+
+        def fwdbwd(x=xg, gy=gy):
+            f(x).backward(gy)
+        yield f"{name}_fwdbwd", conf, fwdbwd, clear_grads(xg), None
+
+
+def all_cases(cfg):
+    yield from gemm_cases(cfg)
+    yield from attention_cases(cfg)
+    yield from layernorm_cases(cfg)
+    yield from unary_cases(cfg, "gelu", "gelu", "D", lambda x: F.gelu(x))
+    yield from unary_cases(cfg, "softmax", "softmax", "L", lambda x: torch.softmax(x, dim=-1))
+
+
+def sdpa_kernels(cfg):
+    """Which ATen kernels scaled_dot_product_attention dispatches to (first attention config), for the record."""
+    atts = cfg.get("attention", [])
+    if not atts:
+        return None
+    c = atts[0]
+    q, k, v = (randn(2, c["H"], L, c["Dh"], requires_grad=True) for L in (c["Lq"], c["Lk"], c["Lk"]))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    names = sorted({e.key for e in prof.key_averages() if "attention" in e.key})
+    return names
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=os.path.join(HERE, "configs.json"))
+    ap.add_argument("--out", help="write results JSON here")
+    ap.add_argument("--only", help="run only ops whose name starts with this prefix (e.g. gemm, attn_fwdbwd)")
+    ap.add_argument("--threads", type=int, help="override the thread count from the config")
+    args = ap.parse_args()
+
+    with open(args.config) as f:
+        cfg = json.load(f)
+    threads = args.threads or cfg.get("threads") or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    want_attn = not args.only or any(op.startswith(args.only) for op in ("attn_fwd", "attn_fwdbwd"))
+    kernels = sdpa_kernels(cfg) if want_attn else None
+    if kernels:
+        print(f"sdpa kernels: {', '.join(kernels)}", file=sys.stderr)
+
+    results = []
+    t_start = time.perf_counter()
+    for op, conf, fn, reset, flops in all_cases(cfg):
+        if args.only and not op.startswith(args.only):
+            continue
+        best, median, calls = time_op(fn, reset)
+        gflops = round(flops / (best * 1e-3) / 1e9, 2) if flops else None
+        results.append({"op": op, "config": conf, "best_ms": round(best, 4), "median_ms": round(median, 4),
+                        "gflops": gflops})
+        extra = f"  {gflops:8.1f} GFLOP/s" if gflops else ""
+        print(f"{op:18s} {conf:34s} best {best:10.3f} ms  median {median:10.3f} ms  ({calls} calls){extra}",
+              file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - t_start
+    print(f"{len(results)} results in {elapsed:.1f} s", file=sys.stderr)
+
+    doc = {
+        "framework": "pytorch",
+        "version": torch.__version__,
+        "threads": threads,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": cpu_model(),
+        "sdpa_kernels": kernels,
+        "results": results,
+    }
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+    else:
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+
+
+if __name__ == "__main__":
+    main()
