@@ -62,12 +62,17 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "bench/Sources/milan-bench"),
+    // Comparison helpers and fixture paths shared by the test targets (not a product).
+    .target(name: "MilanTestSupport", dependencies: ["MilanTensor"]),
     .testTarget(
       name: "MilanTensorTests",
-      dependencies: ["MilanTensor", "MilanIO", .product(name: "RealModule", package: "swift-numerics")]),
+      dependencies: [
+        "MilanTensor", "MilanIO", "MilanTestSupport", "CMilanKernels",
+        .product(name: "RealModule", package: "swift-numerics"),
+      ]),
     .testTarget(name: "MilanIOTests", dependencies: ["MilanIO"]),
     .testTarget(
       name: "MilanAutogradTests",
-      dependencies: ["MilanAutograd", "MilanTensor", "MilanIO"]),
+      dependencies: ["MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),
   ]
 )

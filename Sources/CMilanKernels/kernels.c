@@ -183,16 +183,19 @@ static inline float s_gelu_tanh(float x) {
   float u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
   return x * s_sigmoid(2.0f * u);
 }
+// 1 - s is formed as e*s with e = exp(-z) (no cancellation when s is close to 1).
 static inline float s_gelu_tanh_grad(float x) {
   float u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
-  float s = s_sigmoid(2.0f * u);
+  float e = s_exp(-2.0f * u);
+  float s = 1.0f / (1.0f + e);
   float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_C * x * x);
-  return s + x * 2.0f * s * (1.0f - s) * du;
+  return s + x * 2.0f * s * (e * s) * du;
 }
 static inline float s_quick(float x) { return x * s_sigmoid(1.702f * x); }
 static inline float s_quick_grad(float x) {
-  float s = s_sigmoid(1.702f * x);
-  return s + 1.702f * x * s * (1.0f - s);
+  float e = s_exp(-1.702f * x);
+  float s = 1.0f / (1.0f + e);
+  return s + 1.702f * x * s * (e * s);
 }
 
 #if MILAN_X86
@@ -209,16 +212,19 @@ AVX2 static inline __m256 v_gelu_tanh(__m256 x) {
 AVX2 static inline __m256 v_gelu_tanh_grad(__m256 x) {
   __m256 xx = _mm256_mul_ps(x, x);
   __m256 u = _mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI), _mm256_fmadd_ps(_mm256_set1_ps(GELU_C), _mm256_mul_ps(xx, x), x));
-  __m256 s = v_sigmoid(_mm256_add_ps(u, u));
+  __m256 e = v_exp(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+  __m256 s = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
   __m256 du = _mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI),
                             _mm256_fmadd_ps(_mm256_set1_ps(3.0f * GELU_C), xx, _mm256_set1_ps(1.0f)));
-  __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(x, x), s), _mm256_sub_ps(_mm256_set1_ps(1.0f), s));
+  __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(x, x), s), _mm256_mul_ps(e, s));
   return _mm256_fmadd_ps(t, du, s);
 }
 AVX2 static inline __m256 v_quick(__m256 x) { return _mm256_mul_ps(x, v_sigmoid(_mm256_mul_ps(_mm256_set1_ps(1.702f), x))); }
 AVX2 static inline __m256 v_quick_grad(__m256 x) {
-  __m256 s = v_sigmoid(_mm256_mul_ps(_mm256_set1_ps(1.702f), x));
-  __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(1.702f), x), _mm256_mul_ps(s, _mm256_sub_ps(_mm256_set1_ps(1.0f), s)));
+  __m256 z = _mm256_mul_ps(_mm256_set1_ps(1.702f), x);
+  __m256 e = v_exp(_mm256_sub_ps(_mm256_setzero_ps(), z));
+  __m256 s = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+  __m256 t = _mm256_mul_ps(z, _mm256_mul_ps(s, _mm256_mul_ps(e, s)));
   return _mm256_add_ps(s, t);
 }
 #endif

@@ -73,6 +73,9 @@ public final class BufferPool: @unchecked Sendable {
     return (n + step - 1) / step * step
   }
 
+  /// The capacity a request of `n` elements receives (exposed for tests).
+  public static func sizeClassForTesting(_ n: Int) -> Int { sizeClass(n) }
+
   func take(count: Int) -> TensorStorage {
     let cap = Self.sizeClass(count)
     lock.lock()

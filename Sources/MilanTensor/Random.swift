@@ -1,0 +1,50 @@
+// Seeded random numbers: a SplitMix64 generator (state is one UInt64, easy to checkpoint) and tensor fillers.
+
+public struct SplitMix64: RandomNumberGenerator, Sendable, Codable, Equatable {
+  public var state: UInt64
+  public init(seed: UInt64) { state = seed }
+
+  public mutating func next() -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+  }
+
+  /// Uniform in [0, 1) with 24 bits of precision.
+  public mutating func nextUniform() -> Float { Float(next() >> 40) * (1.0 / 16_777_216.0) }
+
+  /// Standard normal (Box–Muller).
+  public mutating func nextNormal() -> Float {
+    let u1 = max(Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0), 1e-300)
+    let u2 = Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0)
+    return Float((-2 * _log(u1)).squareRoot() * _cos(2 * Double.pi * u2))
+  }
+}
+
+@inline(__always) private func _log(_ x: Double) -> Double { x.logarithm }
+@inline(__always) private func _cos(_ x: Double) -> Double { x.cosine }
+
+import RealModule
+
+extension Double {
+  fileprivate var logarithm: Double { Double.log(self) }
+  fileprivate var cosine: Double { Double.cos(self) }
+}
+
+extension Tensor {
+  /// Normal(mean, std) entries.
+  public static func randn(_ shape: [Int], std: Float = 1, mean: Float = 0, rng: inout SplitMix64) -> Tensor {
+    let t = Tensor(uninitialized: shape)
+    for i in 0..<t.count { t.data[i] = mean + std * rng.nextNormal() }
+    return t
+  }
+
+  /// Uniform[lo, hi) entries.
+  public static func uniform(_ shape: [Int], _ lo: Float = 0, _ hi: Float = 1, rng: inout SplitMix64) -> Tensor {
+    let t = Tensor(uninitialized: shape)
+    for i in 0..<t.count { t.data[i] = lo + (hi - lo) * rng.nextUniform() }
+    return t
+  }
+}

@@ -1,0 +1,226 @@
+// Optimised kernels against the naive references (float64), on sizes that exercise SIMD tails and the 2-way
+// thread split, with both the AVX2 and the portable code paths.
+import CMilanKernels
+import MilanTensor
+import MilanTestSupport
+import Testing
+
+private func randn(_ shape: [Int], _ seed: UInt64, std: Float = 1) -> Tensor {
+  var rng = SplitMix64(seed: seed)
+  return Tensor.randn(shape, std: std, rng: &rng)
+}
+
+private func d(_ t: Tensor) -> [Double] { t.toArray().map(Double.init) }
+
+/// Runs `body` once per available SIMD level (portable, then AVX2 when the CPU has it).
+private func forEachSIMDLevel(_ body: (Int) -> Void) {
+  let hw = Int(milan_set_simd_level(1))
+  for level in 0...hw {
+    milan_set_simd_level(Int32(level))
+    body(level)
+  }
+  milan_set_simd_level(1)
+}
+
+@Suite(.serialized) struct KernelTests {
+  @Test func linearForwardBackwardMatchesNaive() {
+    // Large enough to be split across threads (M·N·K ≥ 2^18), odd sizes.
+    for (rows, inF, outF) in [(301, 67, 129), (5, 3, 2), (64, 200, 17)] {
+      let x = randn([rows, inF], 1), w = randn([outF, inF], 2), b = randn([outF], 3)
+      let y = Tensor(uninitialized: [rows, outF])
+      Kernels.linearForward(x: x.data, weight: w.data, bias: b.data, y: y.data, rows: rows, inFeatures: inF,
+                            outFeatures: outF)
+      let ref = Naive.linear(d(x), d(w), d(b), rows: rows, inF: inF, outF: outF)
+      #expect(compare(y.toArray(), ref, atol: 1e-4, rtol: 1e-4, "linear fwd \(rows)x\(inF)x\(outF)").ok)
+
+      // Backward: dx = dy·w, dw = dyᵀ·x, db = Σ dy, accumulated onto existing values.
+      let dy = randn([rows, outF], 4)
+      let dx = Tensor(shape: [rows, inF], repeating: 0.5), dw = Tensor(zeros: [outF, inF]), db = Tensor(zeros: [outF])
+      Kernels.linearBackward(dy: dy.data, x: x.data, weight: w.data, dx: dx.data, dWeight: dw.data, dBias: db.data,
+                             rows: rows, inFeatures: inF, outFeatures: outF)
+      // References through the naive GEMM: dx = dy·w is linear(dy, wᵀ); dw = dyᵀ·x is linear(dyᵀ, xᵀ).
+      let wt = d(w.transposed(0, 1)), dyt = d(dy.transposed(0, 1)), xt = d(x.transposed(0, 1))
+      let dxRef = Naive.linear(d(dy), wt, nil, rows: rows, inF: outF, outF: inF).map { $0 + 0.5 }
+      let dwRef = Naive.linear(dyt, xt, nil, rows: outF, inF: rows, outF: inF)
+      var dbRef = [Double](repeating: 0, count: outF)
+      for r in 0..<rows { for o in 0..<outF { dbRef[o] += Double(dy[r, o]) } }
+      #expect(compare(dx.toArray(), dxRef, atol: 1e-4, rtol: 1e-4, "linear dx (accumulated)").ok)
+      #expect(compare(dw.toArray(), dwRef, atol: 2e-4, rtol: 1e-4, "linear dw").ok)
+      #expect(compare(db.toArray(), dbRef, atol: 1e-4, rtol: 1e-4, "linear db").ok)
+    }
+  }
+
+  @Test func bmmMatchesNaive() {
+    for (batch, m, n, k) in [(7, 33, 21, 19), (1, 120, 90, 70)] {
+      let a = randn([batch, m, k], 5), b = randn([batch, k, n], 6)
+      let c = Tensor(uninitialized: [batch, m, n])
+      Kernels.bmmForward(.none, .none, a: a.data, b: b.data, c: c.data, batch: batch, m: m, n: n, k: k)
+      #expect(compare(c.toArray(), Naive.bmm(d(a), d(b), batch: batch, m: m, n: n, k: k), atol: 1e-4, "bmm").ok)
+    }
+  }
+
+  @Test func activationsMatchNaiveOnBothSIMDPaths() {
+    var rng = SplitMix64(seed: 11)
+    let n = 100_003  // several chunks and a SIMD tail
+    let x = Tensor.randn([n], std: 4, rng: &rng)
+    // Include extreme values: far tails, zero, exact boundaries.
+    for (i, v) in [-30, -12, -5, -1e-8, 0, 1e-8, 5, 12, 30].enumerated() { x.data[i] = Float(v) }
+    let dy = randn([n], 12)
+    forEachSIMDLevel { level in
+      for kind in Activation.allCases {
+        let y = Tensor(uninitialized: [n])
+        Kernels.activationForward(kind, x: x.data, y: y.data, count: n)
+        let ref = x.toArray().map { Naive.activation(kind, Double($0)) }
+        #expect(compare(y.toArray(), ref, atol: 2e-6, rtol: 2e-6, "\(kind) fwd simd\(level)").ok)
+        let dx = Tensor(zeros: [n])
+        Kernels.activationBackward(kind, x: x.data, dy: dy.data, dx: dx.data, count: n)
+        let dref = (0..<n).map { Naive.activationGrad(kind, Double(x.data[$0])) * Double(dy.data[$0]) }
+        #expect(compare(dx.toArray(), dref, atol: 4e-6, rtol: 4e-6, "\(kind) bwd simd\(level)").ok)
+      }
+    }
+  }
+
+  @Test func layerNormMatchesNaiveOnBothSIMDPaths() {
+    forEachSIMDLevel { level in
+      for (rows, dim) in [(257, 384), (9, 37), (1000, 8)] {
+        let x = randn([rows, dim], 21, std: 3), w = randn([dim], 22), b = randn([dim], 23)
+        for affine in [true, false] {
+          let y = Tensor(uninitialized: [rows, dim]), mean = Tensor(uninitialized: [rows]),
+            rstd = Tensor(uninitialized: [rows])
+          Kernels.layerNormForward(x: x.data, weight: affine ? w.data : nil, bias: affine ? b.data : nil, y: y.data,
+                                   mean: mean.data, rstd: rstd.data, rows: rows, d: dim, eps: 1e-6)
+          let ref = Naive.layerNorm(d(x), affine ? d(w) : nil, affine ? d(b) : nil, rows: rows, d: dim, eps: 1e-6)
+          #expect(compare(y.toArray(), ref, atol: 1e-5, rtol: 1e-5, "layerNorm \(rows)x\(dim) affine=\(affine) simd\(level)").ok)
+        }
+      }
+    }
+  }
+
+  @Test func backwardPathsAgreeAcrossSIMDLevels() {
+    // The float64 gradient checks (MilanAutogradTests) run on the default path; here the portable path must give
+    // the same gradients as the AVX2 one.
+    let rows = 130, dim = 45
+    let x = randn([rows, dim], 31, std: 2), w = randn([dim], 32), dy = randn([rows, dim], 33)
+    var results: [[Float]] = []
+    forEachSIMDLevel { _ in
+      let y = Tensor(uninitialized: [rows, dim]), mean = Tensor(uninitialized: [rows]), rstd = Tensor(uninitialized: [rows])
+      Kernels.layerNormForward(x: x.data, weight: w.data, bias: nil, y: y.data, mean: mean.data, rstd: rstd.data,
+                               rows: rows, d: dim, eps: 1e-5)
+      let dx = Tensor(zeros: [rows, dim]), dw = Tensor(zeros: [dim]), db = Tensor(zeros: [dim])
+      Kernels.layerNormBackward(dy: dy.data, x: x.data, weight: w.data, mean: mean.data, rstd: rstd.data, dx: dx.data,
+                                dWeight: dw.data, dBias: db.data, rows: rows, d: dim)
+      let p = Tensor(uninitialized: [rows, dim])
+      Kernels.softmaxForward(x: x.data, y: p.data, rows: rows, n: dim, scale: 0.7)
+      let ds = Tensor(zeros: [rows, dim])
+      Kernels.softmaxBackward(y: p.data, dy: dy.data, dx: ds.data, rows: rows, n: dim, scale: 0.7)
+      let lp = Tensor(uninitialized: [rows, dim])
+      Kernels.logSoftmaxForward(x: x.data, y: lp.data, rows: rows, n: dim)
+      let dl = Tensor(zeros: [rows, dim])
+      Kernels.logSoftmaxBackward(y: lp.data, dy: dy.data, dx: dl.data, rows: rows, n: dim)
+      results.append(dx.toArray() + dw.toArray() + db.toArray() + p.toArray() + ds.toArray() + lp.toArray() + dl.toArray())
+    }
+    if results.count == 2 {
+      #expect(compare(results[1], results[0], atol: 1e-5, rtol: 1e-5, "avx2 vs portable (LN, softmax, log-softmax fwd+bwd)").ok)
+    }
+  }
+
+  @Test func softmaxMatchesNaiveOnBothSIMDPaths() {
+    forEachSIMDLevel { level in
+      for (rows, n) in [(384, 50), (7, 197), (3, 5)] {
+        let x = randn([rows, n], 41, std: 5)
+        let y = Tensor(uninitialized: [rows, n]), ly = Tensor(uninitialized: [rows, n])
+        Kernels.softmaxForward(x: x.data, y: y.data, rows: rows, n: n)
+        Kernels.logSoftmaxForward(x: x.data, y: ly.data, rows: rows, n: n)
+        #expect(compare(y.toArray(), Naive.softmax(d(x), rows: rows, n: n), atol: 1e-7, rtol: 1e-5, "softmax \(rows)x\(n) simd\(level)").ok)
+        #expect(compare(ly.toArray(), Naive.logSoftmax(d(x), rows: rows, n: n), atol: 1e-5, rtol: 1e-5, "logSoftmax simd\(level)").ok)
+      }
+    }
+    // -inf entries (masked logits) get probability exactly 0.
+    let x = Tensor(shape: [1, 9], values: [1, -.infinity, 2, 3, 4, 5, 6, 7, -.infinity])
+    Kernels.softmaxForward(x: x.data, y: x.data, rows: 1, n: 9)
+    #expect(x[0, 1] == 0 && x[0, 8] == 0 && abs(x.toArray().reduce(0, +) - 1) < 1e-6)
+  }
+
+  @Test func attentionMatchesNaiveWithDifferentQueryAndKeyLengths() {
+    for (b, h, dh, lq, lk) in [(2, 3, 8, 5, 7), (3, 4, 16, 37, 50), (2, 2, 32, 50, 50)] {
+      let w = h * dh
+      let q = randn([b, lq, w], 51), k = randn([b, lk, w], 52), v = randn([b, lk, w], 53)
+      let o = Tensor(uninitialized: [b, lq, w])
+      let s = AttentionShape(batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
+      let probs = Tensor(uninitialized: [b, h, lq, lk])
+      Kernels.attentionForward(q: AttentionOperand(q.data, ld: w), k: AttentionOperand(k.data, ld: w),
+                               v: AttentionOperand(v.data, ld: w), o: AttentionOperand(o.data, ld: w),
+                               probs: probs.data, shape: s)
+      let ref = Naive.attention(d(q), d(k), d(v), batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
+      #expect(compare(o.toArray(), ref.out, atol: 2e-5, rtol: 1e-4, "attention out b\(b) h\(h) dh\(dh) \(lq)x\(lk)").ok)
+      #expect(compare(probs.toArray(), ref.probs, atol: 1e-6, rtol: 1e-4, "attention probs").ok)
+      // Without saved probabilities (no-grad path) the output is the same.
+      let o2 = Tensor(uninitialized: [b, lq, w])
+      Kernels.attentionForward(q: AttentionOperand(q.data, ld: w), k: AttentionOperand(k.data, ld: w),
+                               v: AttentionOperand(v.data, ld: w), o: AttentionOperand(o2.data, ld: w),
+                               probs: nil, shape: s)
+      #expect(o2.toArray() == o.toArray())
+    }
+  }
+
+  @Test func gatherScatterPatchEmbedAndReductionsMatchNaive() {
+    let b = 3, l = 11, dim = 6, k = 5
+    let x = randn([b, l, dim], 61)
+    var rng = SplitMix64(seed: 62)
+    let ids = (0..<(b * k)).map { _ in Int(rng.next() % UInt64(l)) }
+    let y = Tensor(uninitialized: [b, k, dim])
+    Kernels.gatherTokens(x: x.data, ids: ids, y: y.data, batch: b, tokens: l, picked: k, dim: dim)
+    #expect(compare(y.toArray(), Naive.gatherTokens(d(x), ids: ids, batch: b, tokens: l, picked: k, dim: dim),
+                    atol: 0, rtol: 0, "gather").ok)
+    // scatter-add is the adjoint of gather: <gather(x), y> == <x, scatter(y)>.
+    let back = Tensor(zeros: [b, l, dim])
+    Kernels.scatterAddTokens(src: y.data, ids: ids, out: back.data, batch: b, tokens: l, picked: k, dim: dim)
+    let lhs = zip(y.toArray(), y.toArray()).reduce(0.0) { $0 + Double($1.0 * $1.1) }
+    let rhs = zip(x.toArray(), back.toArray()).reduce(0.0) { $0 + Double($1.0 * $1.1) }
+    #expect(abs(lhs - rhs) < 1e-3 * max(1, abs(lhs)), "adjoint: \(lhs) vs \(rhs)")
+
+    let g = PatchGeometry(batch: 2, channels: 3, height: 12, width: 20, patch: 4)
+    let img = randn([2, 3, 12, 20], 63), pw = randn([7, 3, 4, 4], 64), pb = randn([7], 65)
+    let cols = Tensor(uninitialized: [g.batch * g.patchesPerImage, g.patchDim])
+    let pe = Tensor(uninitialized: [2, g.patchesPerImage, 7])
+    Kernels.patchEmbedForward(img: img.data, weight: pw.data, bias: pb.data, cols: cols.data, y: pe.data, geometry: g,
+                              embedDim: 7)
+    #expect(compare(pe.toArray(), Naive.patchEmbed(d(img), d(pw), d(pb), geometry: g, embedDim: 7), atol: 1e-4,
+                    "patch embed").ok)
+
+    for axis in 0..<3 {
+      let split = AxisSplit(shape: [b, l, dim], axis: axis)
+      let s = Tensor(uninitialized: [split.outer * split.inner])
+      Kernels.sumAxis(x: x.data, y: s.data, split: split)
+      #expect(compare(s.toArray(), Naive.sumAxis(d(x), split: split), atol: 1e-5, "sum axis \(axis)").ok)
+    }
+  }
+
+  @Test func bufferPoolReusesAndBoundsMemory() {
+    BufferPool.shared.drain()
+    let before = BufferPool.shared.stats.live
+    do {
+      let t = Tensor(zeros: [1000, 100])
+      #expect(t.storage.capacity >= 100_000)
+      #expect(BufferPool.shared.stats.live - before >= 400_000)
+    }
+    #expect(BufferPool.shared.stats.live == before)
+    #expect(BufferPool.shared.stats.cached >= 400_000)
+    let z = Tensor(zeros: [1000, 100])  // reused buffer must come back zeroed
+    #expect(z.toArray().allSatisfy { $0 == 0 })
+    #expect(BufferPool.sizeClassForTesting(1_000_001) >= 1_000_001)
+    #expect(BufferPool.sizeClassForTesting(1_000_001) <= 1_000_001 * 9 / 8 + 1)
+  }
+
+  @Test func tensorViewsAndPermutes() {
+    let t = Tensor(shape: [2, 3, 4], values: (0..<24).map(Float.init))
+    let v = t.reshaped([6, -1])
+    #expect(v.shape == [6, 4])
+    v[1, 0] = 100  // views share storage
+    #expect(t[0, 1, 0] == 100)
+    let s = t.slice(1..<2)
+    #expect(s.shape == [1, 3, 4] && s[0, 0, 0] == 12)
+    let p = t.permuted([2, 0, 1])
+    #expect(p.shape == [4, 2, 3] && p[3, 1, 2] == t[1, 2, 3])
+  }
+}

@@ -1,0 +1,187 @@
+// Kernel benchmark: times the ops listed in bench/configs.json through the library's user-facing paths (autograd
+// ops, which allocate outputs and gradients as a training step does), next to raw multi-threaded OpenBLAS for GEMM.
+// Its PyTorch twin is bench/bench_torch.py (same configs, same op names and config strings, same timing rule:
+// 3 warm-up calls, then at least 10 calls and 0.5 s; best and median per call). bench/run.sh runs both and writes
+// docs/benchmarks.md.
+import ArgumentParser
+import Foundation
+import MilanAutograd
+import MilanTensor
+
+struct Result: Codable {
+  var op: String
+  var config: String
+  var best_ms: Double
+  var median_ms: Double
+  var gflops: Double?
+  var calls: Int
+}
+
+struct Doc: Codable {
+  var framework = "swift"
+  var version: String
+  var threads: Int
+  var date: String
+  var machine: String
+  var blas: String
+  var results: [Result]
+}
+
+struct Config: Decodable {
+  struct Attn: Decodable { var B: Int, H: Int, Dh: Int, Lq: Int, Lk: Int }
+  var threads: Int
+  var gemm: [[Int]]
+  var attention: [Attn]
+  var layernorm: [[Int]]
+  var gelu: [[Int]]
+  var softmax: [[Int]]
+}
+
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+func timeOp(_ body: () -> Void) -> (best: Double, median: Double, calls: Int) {
+  for _ in 0..<3 { body() }
+  var times: [Double] = []
+  var total = 0.0
+  while times.count < 10 || total < 0.5 {
+    let t0 = now()
+    body()
+    let dt = now() - t0
+    times.append(dt)
+    total += dt
+  }
+  times.sort()
+  return (times[0] * 1e3, times[times.count / 2] * 1e3, times.count)
+}
+
+func cpuModel() -> String {
+  guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
+  for line in s.split(separator: "\n") where line.hasPrefix("model name") {
+    return line.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces)
+  }
+  return "unknown"
+}
+
+@main
+struct MilanBench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "milan-bench", abstract: "Times MILAN's kernels at ViT shapes (twin of bench/bench_torch.py).")
+
+  @Option(help: "Benchmark configuration (shared with the PyTorch twin).")
+  var config = "bench/configs.json"
+  @Option(help: "Write the results as JSON here (stdout if omitted).")
+  var out: String?
+  @Option(help: "Run only ops whose name starts with this prefix.")
+  var only: String?
+
+  func run() throws {
+    let cfg = try JSONDecoder().decode(Config.self, from: Data(contentsOf: URL(fileURLWithPath: config)))
+    Parallel.threads = cfg.threads
+    var results: [Result] = []
+    func record(_ op: String, _ conf: String, flops: Double? = nil, _ body: () -> Void) {
+      if let only, !op.hasPrefix(only) { return }
+      let t = timeOp(body)
+      let gf = flops.map { $0 / (t.best * 1e-3) / 1e9 }
+      results.append(Result(op: op, config: conf, best_ms: t.best, median_ms: t.median, gflops: gf, calls: t.calls))
+      FileHandle.standardError.write(
+        "\(op) \(conf): best \(String(format: "%.3f", t.best)) ms, median \(String(format: "%.3f", t.median)) ms\(gf.map { String(format: ", %.1f GF/s", $0) } ?? "")\n"
+          .data(using: .utf8)!)
+    }
+    var rng = SplitMix64(seed: 0)
+
+    for s in cfg.gemm {
+      let (m, n, k) = (s[0], s[1], s[2])
+      let conf = "M=\(m) N=\(n) K=\(k)"
+      let flops = 2.0 * Double(m * n * k)
+      let x = Tensor.randn([m, k], rng: &rng), w = Tensor.randn([n, k], rng: &rng), dy = Tensor.randn([m, n], rng: &rng)
+      let y = Tensor(uninitialized: [m, n]), dx = Tensor(uninitialized: [m, k]), dw = Tensor(uninitialized: [n, k])
+      // Ours: the library's split GEMM (one-thread BLAS per core), output allocated per call like a layer does.
+      record("gemm_fwd", conf, flops: flops) {
+        let out = Tensor(uninitialized: [m, n])
+        BLAS.sgemm(.none, .transpose, m, n, k, x.data, lda: k, w.data, ldb: k, out.data, ldc: n)
+      }
+      record("gemm_dx", conf, flops: flops) {
+        let out = Tensor(uninitialized: [m, k])
+        BLAS.sgemm(.none, .none, m, k, n, dy.data, lda: n, w.data, ldb: k, out.data, ldc: k)
+      }
+      record("gemm_dw", conf, flops: flops) {
+        let out = Tensor(uninitialized: [n, k])
+        BLAS.sgemm(.transpose, .none, n, k, m, dy.data, lda: n, x.data, ldb: k, out.data, ldc: k)
+      }
+      // Raw OpenBLAS with its own threads, same shapes, preallocated output.
+      BLAS.setLibraryThreads(cfg.threads)
+      record("gemm_fwd_rawblas", conf, flops: flops) {
+        BLAS.sgemmRaw(.none, .transpose, m, n, k, alpha: 1, x.data, lda: k, w.data, ldb: k, beta: 0, y.data, ldc: n)
+      }
+      record("gemm_dx_rawblas", conf, flops: flops) {
+        BLAS.sgemmRaw(.none, .none, m, k, n, alpha: 1, dy.data, lda: n, w.data, ldb: k, beta: 0, dx.data, ldc: k)
+      }
+      record("gemm_dw_rawblas", conf, flops: flops) {
+        BLAS.sgemmRaw(.transpose, .none, n, k, m, alpha: 1, dy.data, lda: n, x.data, ldb: k, beta: 0, dw.data, ldc: k)
+      }
+      BLAS.setLibraryThreads(1)
+    }
+
+    for a in cfg.attention {
+      let conf = "B=\(a.B) H=\(a.H) Dh=\(a.Dh) Lq=\(a.Lq) Lk=\(a.Lk)"
+      let w = a.H * a.Dh
+      let q = Variable(Tensor.randn([a.B, a.Lq, w], rng: &rng), requiresGrad: true)
+      let k = Variable(Tensor.randn([a.B, a.Lk, w], rng: &rng), requiresGrad: true)
+      let v = Variable(Tensor.randn([a.B, a.Lk, w], rng: &rng), requiresGrad: true)
+      let go = Tensor.randn([a.B, a.Lq, w], rng: &rng)
+      record("attn_fwd", conf) { _ = Autograd.noGrad { attention(q, k, v, heads: a.H) } }
+      record("attn_fwdbwd", conf) {
+        q.zeroGrad(); k.zeroGrad(); v.zeroGrad()
+        attention(q, k, v, heads: a.H).backward(seed: go)
+      }
+    }
+
+    for s in cfg.layernorm {
+      let (rows, d) = (s[0], s[1])
+      let conf = "rows=\(rows) D=\(d)"
+      let x = Variable(Tensor.randn([rows, d], rng: &rng), requiresGrad: true)
+      let w = Variable(Tensor.randn([d], rng: &rng), requiresGrad: true)
+      let b = Variable(Tensor.randn([d], rng: &rng), requiresGrad: true)
+      let gy = Tensor.randn([rows, d], rng: &rng)
+      record("layernorm_fwd", conf) { _ = Autograd.noGrad { layerNorm(x, weight: w, bias: b, eps: 1e-6) } }
+      record("layernorm_fwdbwd", conf) {
+        x.zeroGrad(); w.zeroGrad(); b.zeroGrad()
+        layerNorm(x, weight: w, bias: b, eps: 1e-6).backward(seed: gy)
+      }
+    }
+
+    for s in cfg.gelu {
+      let conf = "rows=\(s[0]) D=\(s[1])"
+      let x = Variable(Tensor.randn([s[0], s[1]], rng: &rng), requiresGrad: true)
+      let gy = Tensor.randn([s[0], s[1]], rng: &rng)
+      record("gelu_fwd", conf) { _ = Autograd.noGrad { x.gelu() } }
+      record("gelu_fwdbwd", conf) {
+        x.zeroGrad()
+        x.gelu().backward(seed: gy)
+      }
+    }
+
+    for s in cfg.softmax {
+      let conf = "rows=\(s[0]) L=\(s[1])"
+      let x = Variable(Tensor.randn([s[0], s[1]], rng: &rng), requiresGrad: true)
+      let gy = Tensor.randn([s[0], s[1]], rng: &rng)
+      record("softmax_fwd", conf) { _ = Autograd.noGrad { x.softmax() } }
+      record("softmax_fwdbwd", conf) {
+        x.zeroGrad()
+        x.softmax().backward(seed: gy)
+      }
+    }
+
+    let fmt = ISO8601DateFormatter()
+    let doc = Doc(version: "milan-swift", threads: cfg.threads, date: fmt.string(from: Date()), machine: cpuModel(),
+                  blas: BLAS.libraryDescription, results: results)
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    let data = try enc.encode(doc)
+    if let out {
+      try data.write(to: URL(fileURLWithPath: out), options: .atomic)
+    } else {
+      print(String(decoding: data, as: UTF8.self))
+    }
+  }
+}
