@@ -52,7 +52,7 @@ let package = Package(
     .executableTarget(
       name: "milan",
       dependencies: [
-        "MilanTensor", "MilanIO", "MilanAutograd",
+        "MilanTensor", "MilanIO", "MilanAutograd", "CMilanKernels",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .executableTarget(

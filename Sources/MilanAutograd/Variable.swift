@@ -45,6 +45,16 @@ public class Variable: CustomStringConvertible {
     return g
   }
 
+  /// For a backward that writes this variable's whole gradient in one go: the buffer, and whether the kernel must
+  /// accumulate into it (false on first use: the buffer is uninitialised and the kernel overwrites it, which saves
+  /// the zero fill and a read of the gradient).
+  public func gradForWrite() -> (tensor: Tensor, accumulate: Bool) {
+    if let g = grad { return (g, true) }
+    let g = Tensor(uninitialized: value.shape)
+    grad = g
+    return (g, false)
+  }
+
   public func zeroGrad() { grad = nil }
 
   /// A leaf holding the same value, cut from the graph.
@@ -56,8 +66,11 @@ public class Variable: CustomStringConvertible {
     precondition(requiresGrad, "backward() on a variable that does not require gradients")
     let s = seed ?? Tensor(shape: value.shape, repeating: 1)
     precondition(s.count == value.count, "backward: seed shape \(s.shape) for value \(value.shape)")
-    let g = gradBuffer()
-    MilanTensor.Kernels.axpy(1, x: s.data, y: g.data, count: g.count)
+    if grad == nil && !isLeaf {
+      grad = s.reshaped(value.shape)  // read-only from here on: closures never write their own output's gradient
+    } else {
+      MilanTensor.Kernels.axpy(1, x: s.data, y: gradBuffer().data, count: s.count)
+    }
 
     // Iterative post-order DFS → topological order.
     var order: [Variable] = []

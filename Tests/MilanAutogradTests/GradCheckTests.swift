@@ -149,7 +149,7 @@ private func expectAll(_ reports: [GradCheckReport]) {
   @Test func gradCheckCatchesAWrongGradient() {
     // The checker itself must fail on a wrong backward: scale a correct op's output after the fact so the
     // float64 reference disagrees.
-    let reports = GradCheck.run("deliberately wrong", inputs: [randn([3, 4], 34)], op: { $0[0].affine(2) },
+    let reports = GradCheck.run("deliberately wrong backward (this FAIL is expected)", inputs: [randn([3, 4], 34)], op: { $0[0].affine(2) },
                                 reference: { $0[0].map { 2.01 * $0 } })
     #expect(reports.contains { !$0.passed })
   }

@@ -224,3 +224,37 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     #expect(p.shape == [4, 2, 3] && p[3, 1, 2] == t[1, 2, 3])
   }
 }
+
+@Suite struct OverwriteModeTests {
+  /// Backward kernels in overwrite mode must not read their (uninitialised, here NaN-filled) gradient buffer.
+  @Test func overwriteModeIgnoresGarbageAndEqualsAccumulateOnZeros() {
+    var rng = SplitMix64(seed: 90)
+    let rows = 33, n = 70
+    let x = Tensor.randn([rows, n], rng: &rng), dy = Tensor.randn([rows, n], rng: &rng)
+    func pair(_ label: String, _ body: (UnsafeMutablePointer<Float>, Bool) -> Void) {
+      let a = Tensor(zeros: [rows, n]), b = Tensor(shape: [rows, n], repeating: .nan)
+      body(a.data, true)
+      body(b.data, false)
+      #expect(compare(b.toArray(), a.toArray(), atol: 0, rtol: 0, "overwrite vs accumulate: \(label)").ok)
+    }
+    for kind in Activation.allCases {
+      pair("\(kind)") { Kernels.activationBackward(kind, x: x.data, dy: dy.data, dx: $0, count: rows * n, accumulate: $1) }
+    }
+    let mean = Tensor(uninitialized: [rows]), rstd = Tensor(uninitialized: [rows]), y = Tensor(uninitialized: [rows, n])
+    Kernels.layerNormForward(x: x.data, weight: nil, bias: nil, y: y.data, mean: mean.data, rstd: rstd.data, rows: rows,
+                             d: n, eps: 1e-6)
+    pair("layerNorm") {
+      Kernels.layerNormBackward(dy: dy.data, x: x.data, weight: nil, mean: mean.data, rstd: rstd.data, dx: $0,
+                                dWeight: nil, dBias: nil, rows: rows, d: n, accumulate: $1)
+    }
+    Kernels.softmaxForward(x: x.data, y: y.data, rows: rows, n: n)
+    pair("softmax") { Kernels.softmaxBackward(y: y.data, dy: dy.data, dx: $0, rows: rows, n: n, accumulate: $1) }
+    Kernels.logSoftmaxForward(x: x.data, y: y.data, rows: rows, n: n)
+    pair("logSoftmax") { Kernels.logSoftmaxBackward(y: y.data, dy: dy.data, dx: $0, rows: rows, n: n, accumulate: $1) }
+    let w = Tensor.randn([n, n], rng: &rng)
+    pair("linear dx") {
+      Kernels.linearBackward(dy: dy.data, x: x.data, weight: w.data, dx: $0, dWeight: nil, dBias: nil, rows: rows,
+                             inFeatures: n, outFeatures: n, overwriteDx: !$1)
+    }
+  }
+}

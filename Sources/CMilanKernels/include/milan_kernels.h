@@ -18,13 +18,13 @@ int milan_simd_level(void);
 /// Forces a level (clamped to what the CPU supports). Returns the level now in force.
 int milan_set_simd_level(int level);
 
-// y = f(x); dx += dy * f'(x). n elements. In-place (y == x) is allowed for the forwards.
+// y = f(x); dx += dy * f'(x) (or dx = dy * f'(x) when accumulate == 0). In-place (y == x) is allowed for the forwards.
 void milan_gelu_erf_fwd(const float *x, float *y, long n);
-void milan_gelu_erf_bwd(const float *x, const float *dy, float *dx, long n);
+void milan_gelu_erf_bwd(const float *x, const float *dy, float *dx, long n, int accumulate);
 void milan_gelu_tanh_fwd(const float *x, float *y, long n);
-void milan_gelu_tanh_bwd(const float *x, const float *dy, float *dx, long n);
+void milan_gelu_tanh_bwd(const float *x, const float *dy, float *dx, long n, int accumulate);
 void milan_quick_gelu_fwd(const float *x, float *y, long n);
-void milan_quick_gelu_bwd(const float *x, const float *dy, float *dx, long n);
+void milan_quick_gelu_bwd(const float *x, const float *dy, float *dx, long n, int accumulate);
 /// y = exp(x), n elements (used by tests and log-softmax helpers).
 void milan_exp(const float *x, float *y, long n);
 
@@ -32,9 +32,9 @@ void milan_exp(const float *x, float *y, long n);
 // mean, rstd: [rows] (saved for the backward).
 void milan_layernorm_fwd(const float *x, const float *weight, const float *bias, float *y, float *mean,
                          float *rstd, long rows, long d, float eps);
-// dx += ..., dweight += ..., dbias += ... (dweight/dbias may be NULL; dx may be NULL).
+// dx += ... (dx = ... when accumulate == 0), dweight += ..., dbias += ... (dx, dweight, dbias may be NULL).
 void milan_layernorm_bwd(const float *dy, const float *x, const float *weight, const float *mean, const float *rstd,
-                         float *dx, float *dweight, float *dbias, long rows, long d);
+                         float *dx, float *dweight, float *dbias, long rows, long d, int accumulate);
 
 // y = softmax(scale * x) along rows of length n. In-place allowed.
 void milan_softmax_fwd(const float *x, float *y, long rows, long n, float scale);
@@ -42,8 +42,8 @@ void milan_softmax_fwd(const float *x, float *y, long rows, long n, float scale)
 void milan_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n, float scale, int accumulate);
 // y = log_softmax(x) along rows of length n.
 void milan_log_softmax_fwd(const float *x, float *y, long rows, long n);
-// dx += dy - exp(y) * sum(dy).
-void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n);
+// dx += dy - exp(y) * sum(dy) (dx = ... when accumulate == 0).
+void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n, int accumulate);
 
 #ifdef __cplusplus
 }

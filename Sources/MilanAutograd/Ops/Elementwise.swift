@@ -40,7 +40,8 @@ extension Variable {
     let y = Tensor(uninitialized: shape)
     Kernels.activationForward(kind, x: value.data, y: y.data, count: count)
     return Autograd.result(y, [x]) { g in
-      Kernels.activationBackward(kind, x: x.value.data, dy: g.data, dx: x.gradBuffer().data, count: g.count)
+      let (dx, acc) = x.gradForWrite()
+      Kernels.activationBackward(kind, x: x.value.data, dy: g.data, dx: dx.data, count: g.count, accumulate: acc)
     }
   }
 

@@ -12,12 +12,14 @@ public func linear(_ x: Variable, _ weight: Variable, _ bias: Variable? = nil) -
                         inFeatures: inF, outFeatures: outF)
   let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
   return Autograd.result(y, inputs) { g in
+    let dx = x.requiresGrad ? x.gradForWrite() : nil
+    let dw = weight.requiresGrad ? weight.gradForWrite() : nil
+    let db = (bias?.requiresGrad ?? false) ? bias!.gradForWrite() : nil
     Kernels.linearBackward(
-      dy: g.data, x: x.value.data, weight: weight.value.data,
-      dx: x.requiresGrad ? x.gradBuffer().data : nil,
-      dWeight: weight.requiresGrad ? weight.gradBuffer().data : nil,
-      dBias: (bias?.requiresGrad ?? false) ? bias!.gradBuffer().data : nil,
-      rows: rows, inFeatures: inF, outFeatures: outF)
+      dy: g.data, x: x.value.data, weight: weight.value.data, dx: dx?.tensor.data, dWeight: dw?.tensor.data,
+      dBias: db?.tensor.data, rows: rows, inFeatures: inF, outFeatures: outF,
+      overwriteDx: !(dx?.accumulate ?? true), overwriteDWeight: !(dw?.accumulate ?? true),
+      overwriteDBias: !(db?.accumulate ?? true))
   }
 }
 

@@ -14,11 +14,13 @@ public func layerNorm(_ x: Variable, weight: Variable?, bias: Variable?, eps: Fl
   if let weight { inputs.append(weight) }
   if let bias { inputs.append(bias) }
   return Autograd.result(y, inputs) { g in
+    let dx = x.requiresGrad ? x.gradForWrite() : nil
     Kernels.layerNormBackward(
       dy: g.data, x: x.value.data, weight: weight?.value.data, mean: stats.data, rstd: stats.data + rows,
-      dx: x.requiresGrad ? x.gradBuffer().data : nil,
+      dx: dx?.tensor.data,
       dWeight: (weight?.requiresGrad ?? false) ? weight!.gradBuffer().data : nil,
-      dBias: (bias?.requiresGrad ?? false) ? bias!.gradBuffer().data : nil, rows: rows, d: d)
+      dBias: (bias?.requiresGrad ?? false) ? bias!.gradBuffer().data : nil, rows: rows, d: d,
+      accumulate: dx?.accumulate ?? true)
   }
 }
 
@@ -29,7 +31,8 @@ extension Variable {
     let y = Tensor(uninitialized: shape)
     Kernels.softmaxForward(x: value.data, y: y.data, rows: rows, n: n)
     return Autograd.result(y, [x]) { g in
-      Kernels.softmaxBackward(y: y.data, dy: g.data, dx: x.gradBuffer().data, rows: rows, n: n)
+      let (dx, acc) = x.gradForWrite()
+      Kernels.softmaxBackward(y: y.data, dy: g.data, dx: dx.data, rows: rows, n: n, accumulate: acc)
     }
   }
 
@@ -39,7 +42,8 @@ extension Variable {
     let y = Tensor(uninitialized: shape)
     Kernels.logSoftmaxForward(x: value.data, y: y.data, rows: rows, n: n)
     return Autograd.result(y, [x]) { g in
-      Kernels.logSoftmaxBackward(y: y.data, dy: g.data, dx: x.gradBuffer().data, rows: rows, n: n)
+      let (dx, acc) = x.gradForWrite()
+      Kernels.logSoftmaxBackward(y: y.data, dy: g.data, dx: dx.data, rows: rows, n: n, accumulate: acc)
     }
   }
 }

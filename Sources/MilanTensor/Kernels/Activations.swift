@@ -28,16 +28,17 @@ extension Kernels {
     }
   }
 
-  /// dx += dy·f'(x).
+  /// dx += dy·f'(x) (dx = dy·f'(x) when `accumulate` is false; dx may then be uninitialised).
   public static func activationBackward(_ kind: Activation, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                        dx: UnsafeMutablePointer<Float>, count n: Int) {
+                                        dx: UnsafeMutablePointer<Float>, count n: Int, accumulate: Bool = true) {
     nonisolated(unsafe) let x = x, dy = dy, dx = dx
+    let acc: Int32 = accumulate ? 1 : 0
     Parallel.forEachChunk(n, minChunk: elementwiseChunk) { r in
       let o = r.lowerBound, c = r.count
       switch kind {
-      case .gelu: milan_gelu_erf_bwd(x + o, dy + o, dx + o, c)
-      case .geluTanh: milan_gelu_tanh_bwd(x + o, dy + o, dx + o, c)
-      case .quickGelu: milan_quick_gelu_bwd(x + o, dy + o, dx + o, c)
+      case .gelu: milan_gelu_erf_bwd(x + o, dy + o, dx + o, c, acc)
+      case .geluTanh: milan_gelu_tanh_bwd(x + o, dy + o, dx + o, c, acc)
+      case .quickGelu: milan_quick_gelu_bwd(x + o, dy + o, dx + o, c, acc)
       }
     }
   }

@@ -18,13 +18,15 @@ extension Kernels {
     }
   }
 
-  /// dx += …, dweight += …, dbias += … (each optional). Weight and bias gradients are summed per thread first.
+  /// dx += … (or dx = … when `accumulate` is false), dweight += …, dbias += … (each optional). Weight and bias
+  /// gradients are summed per thread first.
   public static func layerNormBackward(
     dy: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>?,
     mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
     dx: UnsafeMutablePointer<Float>?, dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
-    rows: Int, d: Int
+    rows: Int, d: Int, accumulate: Bool = true
   ) {
+    let acc: Int32 = accumulate ? 1 : 0
     let parts = Parallel.parts(rows, minChunk: rowChunk(d))
     let needParams = dWeight != nil || dBias != nil
     let scratch = needParams && parts > 1 ? Tensor(zeros: [parts, 2, d]) : nil
@@ -37,7 +39,7 @@ extension Kernels {
         pw = dw == nil ? nil : sp + part * 2 * d
         pb = db == nil ? nil : sp + part * 2 * d + d
       }
-      milan_layernorm_bwd(dy + o * d, x + o * d, w, mean + o, rstd + o, dx.map { $0 + o * d }, pw, pb, r.count, d)
+      milan_layernorm_bwd(dy + o * d, x + o * d, w, mean + o, rstd + o, dx.map { $0 + o * d }, pw, pb, r.count, d, acc)
     }
     if let sp {
       for part in 0..<parts {

@@ -16,21 +16,26 @@ extension Kernels {
     if let bias { addRowVector(y, bias, rows: rows, cols: outFeatures) }
   }
 
-  /// dx += dy·w, dw += dyᵀ·x, db += Σ_rows dy (each optional).
+  /// dx += dy·w, dw += dyᵀ·x, db += Σ_rows dy (each optional). With `overwrite*` a gradient is written instead of
+  /// accumulated (its buffer may then be uninitialised).
   public static func linearBackward(
     dy: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
     dx: UnsafeMutablePointer<Float>?, dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
-    rows: Int, inFeatures: Int, outFeatures: Int
+    rows: Int, inFeatures: Int, outFeatures: Int,
+    overwriteDx: Bool = false, overwriteDWeight: Bool = false, overwriteDBias: Bool = false
   ) {
     if let dx {
       BLAS.sgemm(.none, .none, rows, inFeatures, outFeatures, dy, lda: outFeatures, weight, ldb: inFeatures,
-                 beta: 1, dx, ldc: inFeatures)
+                 beta: overwriteDx ? 0 : 1, dx, ldc: inFeatures)
     }
     if let dWeight {
       BLAS.sgemm(.transpose, .none, outFeatures, inFeatures, rows, dy, lda: outFeatures, x, ldb: inFeatures,
-                 beta: 1, dWeight, ldc: inFeatures)
+                 beta: overwriteDWeight ? 0 : 1, dWeight, ldc: inFeatures)
     }
-    if let dBias { columnSumAccumulate(dy, into: dBias, rows: rows, cols: outFeatures) }
+    if let dBias {
+      if overwriteDBias { dBias.update(repeating: 0, count: outFeatures) }
+      columnSumAccumulate(dy, into: dBias, rows: rows, cols: outFeatures)
+    }
   }
 
   /// c[b] = op(a[b])·op(bm[b]) for every batch b; a: [B, M, K] (or [B, K, M] when transposed), c: [B, M, N].

@@ -29,13 +29,13 @@ extension Kernels {
     }
   }
 
-  /// dx += dy − exp(y)·Σ dy.
+  /// dx += dy − exp(y)·Σ dy (or `=` when `accumulate` is false).
   public static func logSoftmaxBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                        dx: UnsafeMutablePointer<Float>, rows: Int, n: Int) {
+                                        dx: UnsafeMutablePointer<Float>, rows: Int, n: Int, accumulate: Bool = true) {
     nonisolated(unsafe) let y = y, dy = dy, dx = dx
     Parallel.forEachChunk(rows, minChunk: rowChunk(n)) { r in
       let o = r.lowerBound * n
-      milan_log_softmax_bwd(y + o, dy + o, dx + o, r.count, n)
+      milan_log_softmax_bwd(y + o, dy + o, dx + o, r.count, n, accumulate ? 1 : 0)
     }
   }
 }
