@@ -45,7 +45,7 @@ public func compare<A: BinaryFloatingPoint, B: BinaryFloatingPoint>(
       continue
     }
     c.maxAbs = max(c.maxAbs, d)
-    c.maxRel = max(c.maxRel, d / max(abs(y), 1e-30))
+    if abs(y) > atol { c.maxRel = max(c.maxRel, d / abs(y)) }  // relative error only where it means something
     if d > atol + rtol * abs(y), c.firstBad == nil {
       c.firstBad = i
       c.firstBadValues = (x, y)
