@@ -36,6 +36,22 @@ def load(path):
     return doc, table, order
 
 
+def load_rounds(paths):
+    """Merges several rounds of one framework: per (op, config) the best of the bests and the median of the
+    medians. The document of the first round supplies the header fields; `rounds` records how many were merged."""
+    doc, table, order = load(paths[0])
+    rounds = [table] + [load(p)[1] for p in paths[1:]]
+    for key in order:
+        rows = [t[key] for t in rounds if key in t]
+        best = min(rows, key=lambda r: r["best_ms"])
+        merged = dict(best)
+        meds = sorted(r["median_ms"] for r in rows)
+        merged["median_ms"] = meds[len(meds) // 2] if len(meds) % 2 else 0.5 * (meds[len(meds) // 2 - 1] + meds[len(meds) // 2])
+        table[key] = merged
+    doc["rounds"] = len(paths)
+    return doc, table, order
+
+
 def fmt_ms(v):
     if v is None:
         return "–"
@@ -89,10 +105,15 @@ def generate(swift_doc, swift, torch_doc, torch, order):
     add(f"| machine | {swift_doc.get('machine', '–')} | {torch_doc.get('machine', '–')} |")
     add(f"| threads | {swift_doc.get('threads', '–')} | {torch_doc.get('threads', '–')} |")
     add(f"| version | {swift_doc.get('version', '–')} | torch {torch_doc.get('version', '–')} |")
+    add(f"| BLAS | {swift_doc.get('blas', '–')} | bundled with torch |")
+    add(f"| rounds | {swift_doc.get('rounds', 1)} | {torch_doc.get('rounds', 1)} |")
     add("")
-    add("Method: the same shapes (`bench/configs.json`) in both frameworks; 3 warm-up calls, then best of N calls, "
-        "≥0.5 s and ≥10 calls per op; median also shown. Inputs are allocated outside the timed region. "
-        "Speed-up = PyTorch best / Swift best (above 1 means Swift is faster).")
+    add("Method: the same shapes (`bench/configs.json`) in both frameworks, run by `bench/run.sh` in alternating "
+        "rounds (Swift, PyTorch, Swift, PyTorch, ...) on a machine shared with other jobs; per op 3 warm-up calls, "
+        "then at least 10 calls and 0.5 s. Reported: the best call over all rounds, and the median of the rounds' "
+        "medians. Inputs are allocated outside the timed region; outputs and gradients inside it, as in training. "
+        "Speed-up = PyTorch best / Swift best (above 1 means Swift is faster). GEMM rows also compare the library's "
+        "split GEMM with raw OpenBLAS using its own threads, timed call by call in alternation in the same process.")
     if torch_doc.get("sdpa_kernels"):
         add(f"PyTorch attention kernels: {', '.join('`%s`' % k for k in torch_doc['sdpa_kernels'])}.")
     add("")
@@ -144,13 +165,13 @@ def generate(swift_doc, swift, torch_doc, torch, order):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--swift", required=True, help="JSON from the Swift bench")
-    ap.add_argument("--torch", required=True, help="JSON from bench/bench_torch.py")
+    ap.add_argument("--swift", required=True, nargs="+", help="JSON from the Swift bench (one per round)")
+    ap.add_argument("--torch", required=True, nargs="+", help="JSON from bench/bench_torch.py (one per round)")
     ap.add_argument("--out", default="docs/benchmarks.md")
     args = ap.parse_args()
 
-    swift_doc, swift, s_order = load(args.swift)
-    torch_doc, torch, t_order = load(args.torch)
+    swift_doc, swift, s_order = load_rounds(args.swift)
+    torch_doc, torch, t_order = load_rounds(args.torch)
     order = list(t_order) + [k for k in s_order if k not in set(t_order)]
 
     notes = NOTES_MARKER + "\n"  # the marker line and everything after it are kept from the old file

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Runs the Swift kernel benchmark and its PyTorch twin back to back (same machine, same configs) and regenerates
-# docs/benchmarks.md. Needs the reference venv (tools/setup_reference_env.sh) for the PyTorch side.
-#   bash bench/run.sh [--only PREFIX]
+# Runs the Swift kernel benchmark and its PyTorch twin in alternating rounds (same machine, same configs) and
+# regenerates docs/benchmarks.md. Needs the reference venv (tools/setup_reference_env.sh) for the PyTorch side.
+#   bash bench/run.sh [--only PREFIX]        (ROUNDS=2 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${MILAN_REF_VENV:-/work/venv-ref}/bin/python
+ROUNDS=${ROUNDS:-2}
 [ -x "$PY" ] || { echo "bench/run.sh: no reference venv at $PY; run tools/setup_reference_env.sh first" >&2; exit 1; }
 mkdir -p bench/results
 swift build -c release --product milan-bench
-.build/release/milan-bench --out bench/results/swift.json "$@"
-"$PY" bench/bench_torch.py --out bench/results/torch.json "$@"
-python3 bench/report.py --swift bench/results/swift.json --torch bench/results/torch.json --out docs/benchmarks.md
+sw=(); th=()
+for r in $(seq 1 "$ROUNDS"); do
+  .build/release/milan-bench --out "bench/results/swift.$r.json" "$@"
+  "$PY" bench/bench_torch.py --out "bench/results/torch.$r.json" "$@"
+  sw+=("bench/results/swift.$r.json"); th+=("bench/results/torch.$r.json")
+done
+python3 bench/report.py --swift "${sw[@]}" --torch "${th[@]}" --out docs/benchmarks.md
 echo "wrote docs/benchmarks.md"

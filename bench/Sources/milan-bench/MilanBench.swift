@@ -54,6 +54,29 @@ func timeOp(_ body: () -> Void) -> (best: Double, median: Double, calls: Int) {
   return (times[0] * 1e3, times[times.count / 2] * 1e3, times.count)
 }
 
+/// Alternates calls of `a` and `b` (after 3 warm-ups each) until each has run ≥ 20 times and ≥ 1 s in total.
+func timeInterleaved(_ a: () -> Void, _ b: () -> Void)
+  -> ((best: Double, median: Double, calls: Int), (best: Double, median: Double, calls: Int))
+{
+  for _ in 0..<3 { a(); b() }
+  var ta: [Double] = [], tb: [Double] = []
+  var total = 0.0
+  while ta.count < 20 || total < 1.0 {
+    var t0 = now()
+    a()
+    ta.append(now() - t0)
+    t0 = now()
+    b()
+    tb.append(now() - t0)
+    total += ta.last! + tb.last!
+  }
+  func summary(_ t: [Double]) -> (best: Double, median: Double, calls: Int) {
+    let s = t.sorted()
+    return (s[0] * 1e3, s[s.count / 2] * 1e3, s.count)
+  }
+  return (summary(ta), summary(tb))
+}
+
 func cpuModel() -> String {
   guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
   for line in s.split(separator: "\n") where line.hasPrefix("model name") {
@@ -95,31 +118,45 @@ struct MilanBench: ParsableCommand {
       let flops = 2.0 * Double(m * n * k)
       let x = Tensor.randn([m, k], rng: &rng), w = Tensor.randn([n, k], rng: &rng), dy = Tensor.randn([m, n], rng: &rng)
       let y = Tensor(uninitialized: [m, n]), dx = Tensor(uninitialized: [m, k]), dw = Tensor(uninitialized: [n, k])
-      // Ours: the library's split GEMM (one-thread BLAS per core), output allocated per call like a layer does.
-      record("gemm_fwd", conf, flops: flops) {
+      // Ours (the library's split GEMM: one-thread BLAS per core, output allocated per call as a layer does) and
+      // raw OpenBLAS with its own threads (preallocated output) are timed in alternation, call by call, so both see
+      // the same machine load; at least 20 calls each.
+      func pair(_ op: String, ours: () -> Void, raw: () -> Void) {
+        if let only, !op.hasPrefix(only) { return }
+        let (a, b) = timeInterleaved(ours, raw)
+        for (name, t) in [(op, a), (op + "_rawblas", b)] {
+          let gf = flops / (t.best * 1e-3) / 1e9
+          results.append(Result(op: name, config: conf, best_ms: t.best, median_ms: t.median, gflops: gf, calls: t.calls))
+          FileHandle.standardError.write(
+            "\(name) \(conf): best \(String(format: "%.3f", t.best)) ms, median \(String(format: "%.3f", t.median)) ms, \(String(format: "%.1f", gf)) GF/s\n"
+              .data(using: .utf8)!)
+        }
+      }
+      let raw = cfg.threads
+      pair("gemm_fwd", ours: {
         let out = Tensor(uninitialized: [m, n])
         BLAS.sgemm(.none, .transpose, m, n, k, x.data, lda: k, w.data, ldb: k, out.data, ldc: n)
-      }
-      record("gemm_dx", conf, flops: flops) {
+      }, raw: {
+        BLAS.setLibraryThreads(raw)
+        BLAS.sgemmRaw(.none, .transpose, m, n, k, alpha: 1, x.data, lda: k, w.data, ldb: k, beta: 0, y.data, ldc: n)
+        BLAS.setLibraryThreads(1)
+      })
+      pair("gemm_dx", ours: {
         let out = Tensor(uninitialized: [m, k])
         BLAS.sgemm(.none, .none, m, k, n, dy.data, lda: n, w.data, ldb: k, out.data, ldc: k)
-      }
-      record("gemm_dw", conf, flops: flops) {
+      }, raw: {
+        BLAS.setLibraryThreads(raw)
+        BLAS.sgemmRaw(.none, .none, m, k, n, alpha: 1, dy.data, lda: n, w.data, ldb: k, beta: 0, dx.data, ldc: k)
+        BLAS.setLibraryThreads(1)
+      })
+      pair("gemm_dw", ours: {
         let out = Tensor(uninitialized: [n, k])
         BLAS.sgemm(.transpose, .none, n, k, m, dy.data, lda: n, x.data, ldb: k, out.data, ldc: k)
-      }
-      // Raw OpenBLAS with its own threads, same shapes, preallocated output.
-      BLAS.setLibraryThreads(cfg.threads)
-      record("gemm_fwd_rawblas", conf, flops: flops) {
-        BLAS.sgemmRaw(.none, .transpose, m, n, k, alpha: 1, x.data, lda: k, w.data, ldb: k, beta: 0, y.data, ldc: n)
-      }
-      record("gemm_dx_rawblas", conf, flops: flops) {
-        BLAS.sgemmRaw(.none, .none, m, k, n, alpha: 1, dy.data, lda: n, w.data, ldb: k, beta: 0, dx.data, ldc: k)
-      }
-      record("gemm_dw_rawblas", conf, flops: flops) {
+      }, raw: {
+        BLAS.setLibraryThreads(raw)
         BLAS.sgemmRaw(.transpose, .none, n, k, m, alpha: 1, dy.data, lda: n, x.data, ldb: k, beta: 0, dw.data, ldc: k)
-      }
-      BLAS.setLibraryThreads(1)
+        BLAS.setLibraryThreads(1)
+      })
     }
 
     for a in cfg.attention {
