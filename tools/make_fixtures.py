@@ -217,6 +217,34 @@ def elementwise():
                 add_bias=add_bias, add_bias_dbias=add_bias_dbias)
 
 
+def tokens():
+    """Token-axis data movement: scatter-add, class-token concatenation (broadcast over the batch), slicing, and
+    an affine map."""
+    g = gen()
+    src = randn(g, 2, 4, 3)
+    ids = torch.tensor([[5, 0, 2, 2], [1, 4, 3, 1]], dtype=torch.int64)  # repeats accumulate
+    g_scatter = randn(g, 2, 6, 3)
+    srcl = leaf(src)
+    scatter = torch.zeros(2, 6, 3).scatter_add(1, ids.unsqueeze(-1).expand(-1, -1, 3), srcl)
+    (dsrc,) = grads(scatter, g_scatter, (srcl,))
+    cls, x = randn(g, 1, 1, 3), randn(g, 2, 6, 3)
+    g_cat = randn(g, 2, 7, 3)
+    clsl, xl = leaf(cls), leaf(x)
+    cat = torch.cat([clsl.expand(2, -1, -1), xl], dim=1)
+    dcls, dx_cat = grads(cat, g_cat, (clsl, xl))
+    g_slice = randn(g, 2, 3, 3)
+    xl = leaf(x)
+    sl = xl[:, 1:4]
+    (dx_slice,) = grads(sl, g_slice, (xl,))
+    g_affine = randn(g, 2, 6, 3)
+    xl = leaf(x)
+    affine = -1.5 * xl + 0.25
+    (dx_affine,) = grads(affine, g_affine, (xl,))
+    return dict(src=src, ids=ids, scatter=scatter, g_scatter=g_scatter, dsrc=dsrc, cls=cls, x=x, cat=cat,
+                g_cat=g_cat, dcls=dcls, dx_cat=dx_cat, slice=sl, g_slice=g_slice, dx_slice=dx_slice,
+                affine=affine, g_affine=g_affine, dx_affine=dx_affine)
+
+
 def canonicalize_header(path):
     """safetensors writes __metadata__ from a hash map, so its key order changes run to run. Rewrite the header
     with the metadata keys in a fixed order (same bytes otherwise, same header length) so output is reproducible."""
@@ -232,7 +260,8 @@ def canonicalize_header(path):
         f.write(text + b" " * (n - len(text)))
 
 
-FILES = [matmul, activations, layernorm, softmax, attention, gather, patch_embed, losses, reductions, elementwise]
+FILES = [matmul, activations, layernorm, softmax, attention, gather, patch_embed, losses, reductions, elementwise,
+         tokens]
 
 
 def main():

@@ -102,9 +102,11 @@ public class Variable: CustomStringConvertible {
 }
 
 /// A named trainable leaf. `name` is the PyTorch state_dict key (`blocks.0.attn.qkv.weight`).
+/// Fixed tables that are part of a state_dict but never trained (MAE's sin-cos `pos_embed`) are Parameters with
+/// `trainable: false`.
 public final class Parameter: Variable {
-  public init(_ value: Tensor, name: String) {
-    super.init(value, requiresGrad: true, name: name)
+  public init(_ value: Tensor, name: String, trainable: Bool = true) {
+    super.init(value, requiresGrad: trainable, name: name)
   }
 }
 

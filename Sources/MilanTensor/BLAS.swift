@@ -66,9 +66,11 @@ public enum BLAS {
       return
     }
     nonisolated(unsafe) let a = a, b = b, c = c
+    // Up to 4 tasks per thread, each at least 128 rows/columns, handed out dynamically.
+    let tasks = 4
     if m >= n {
       // Split rows of C (and of op(A)). Keep chunk boundaries at multiples of 8 rows.
-      Parallel.forEachChunk((m + 7) / 8, minChunk: 1) { r in
+      Parallel.forEachChunk((m + 7) / 8, minChunk: 16, tasksPerThread: tasks) { r in
         let lo = r.lowerBound * 8, hi = min(m, r.upperBound * 8)
         if lo >= hi { return }
         let aOff = ta == .none ? lo * lda : lo
@@ -76,7 +78,7 @@ public enum BLAS {
                  c + lo * ldc, ldc: ldc)
       }
     } else {
-      Parallel.forEachChunk((n + 15) / 16, minChunk: 1) { r in
+      Parallel.forEachChunk((n + 15) / 16, minChunk: 8, tasksPerThread: tasks) { r in
         let lo = r.lowerBound * 16, hi = min(n, r.upperBound * 16)
         if lo >= hi { return }
         let bOff = tb == .none ? lo : lo * ldb

@@ -10,12 +10,15 @@ public enum Parallel {
     return max(1, ProcessInfo.processInfo.activeProcessorCount)
   }()
 
-  /// Runs `body(chunkRange)` over `0..<count` split into at most `threads` contiguous chunks, each holding at least
-  /// `minChunk` items (so small jobs run inline without dispatch overhead).
+  /// Runs `body(chunkRange)` over `0..<count` split into at most `threads × tasksPerThread` contiguous chunks, each
+  /// holding at least `minChunk` items (so small jobs run inline without dispatch overhead). With
+  /// `tasksPerThread > 1` the chunks are handed out dynamically, so a core slowed by another process does less of
+  /// the work (the machines this runs on are shared).
   @inlinable
-  public static func forEachChunk(_ count: Int, minChunk: Int = 1, _ body: (Range<Int>) -> Void) {
+  public static func forEachChunk(_ count: Int, minChunk: Int = 1, tasksPerThread: Int = 1,
+                                  _ body: (Range<Int>) -> Void) {
     if count <= 0 { return }
-    let parts = min(threads, max(1, count / max(minChunk, 1)))
+    let parts = min(threads * max(tasksPerThread, 1), max(1, count / max(minChunk, 1)))
     if parts <= 1 {
       body(0..<count)
       return
@@ -29,13 +32,14 @@ public enum Parallel {
     }
   }
 
-  /// Like `forEachChunk`, but also passes the chunk's index (0..<parts), e.g. to pick a per-thread scratch buffer.
-  /// Returns the number of parts used.
+  /// Like `forEachChunk`, but also passes the chunk's index (0..<parts), e.g. to pick a per-chunk scratch buffer.
+  /// Returns the number of parts used (`parts(count, minChunk:, tasksPerThread:)`).
   @inlinable
   @discardableResult
-  public static func forEachChunkIndexed(_ count: Int, minChunk: Int = 1, _ body: (Int, Range<Int>) -> Void) -> Int {
+  public static func forEachChunkIndexed(_ count: Int, minChunk: Int = 1, tasksPerThread: Int = 1,
+                                         _ body: (Int, Range<Int>) -> Void) -> Int {
     if count <= 0 { return 0 }
-    let parts = min(threads, max(1, count / max(minChunk, 1)))
+    let parts = min(threads * max(tasksPerThread, 1), max(1, count / max(minChunk, 1)))
     if parts <= 1 {
       body(0, 0..<count)
       return 1
@@ -52,8 +56,8 @@ public enum Parallel {
 
   /// Number of chunks `forEachChunk(count, minChunk:)` would use.
   @inlinable
-  public static func parts(_ count: Int, minChunk: Int = 1) -> Int {
-    min(threads, max(1, count / max(minChunk, 1)))
+  public static func parts(_ count: Int, minChunk: Int = 1, tasksPerThread: Int = 1) -> Int {
+    min(threads * max(tasksPerThread, 1), max(1, count / max(minChunk, 1)))
   }
 }
 

@@ -129,6 +129,22 @@ private func check(_ label: String, _ y: Variable, _ f: SafeTensorsFile, out: St
   }
 }
 
+extension GoldenTests {
+  @Test func tokenDataMovementAndAffine() throws {
+    let f = try fixture("tokens")
+    let src = try leaf(f, "src")
+    try check("scatterAddTokens", scatterAddTokens(src, ids: try f.indices("ids"), tokens: 6), f, out: "scatter",
+              seed: "g_scatter", grads: [(src, "dsrc")])
+    let cls = try leaf(f, "cls"), x = try leaf(f, "x")
+    try check("concatTokens", concatTokens([cls, x]), f, out: "cat", seed: "g_cat",
+              grads: [(cls, "dcls"), (x, "dx_cat")])
+    let x2 = try leaf(f, "x")
+    try check("sliceTokens", sliceTokens(x2, 1..<4), f, out: "slice", seed: "g_slice", grads: [(x2, "dx_slice")])
+    let x3 = try leaf(f, "x")
+    try check("affine", x3.affine(-1.5, 0.25), f, out: "affine", seed: "g_affine", grads: [(x3, "dx_affine")])
+  }
+}
+
 /// Concatenates same-shaped [B, L, W] tensors along the last axis.
 func concatLastAxis(_ ts: [Tensor]) -> Tensor {
   let rows = ts[0].rows

@@ -68,3 +68,14 @@ public func crossAttention(q: Variable, kv: Variable, heads: Int) -> Variable {
                        v: .init(variable: kv, column: d), batch: q.shape[0], queries: q.shape[1], keys: kv.shape[1],
                        heads: heads, width: d, keepHeadMean: false).0
 }
+
+/// `attention(q, k, v, heads:)` that also returns the probabilities averaged over heads, [B, Lq, Lk].
+public func attention(_ q: Variable, _ k: Variable, _ v: Variable, heads: Int, headMeanProbs: Bool)
+  -> (Variable, Tensor?)
+{
+  precondition(q.shape.count == 3 && k.shape == v.shape && k.shape[0] == q.shape[0] && k.shape[2] == q.shape[2],
+               "attention: q \(q.shape), k \(k.shape), v \(v.shape)")
+  return attentionCore(q: .init(variable: q, column: 0), k: .init(variable: k, column: 0),
+                       v: .init(variable: v, column: 0), batch: q.shape[0], queries: q.shape[1], keys: k.shape[1],
+                       heads: heads, width: q.shape[2], keepHeadMean: headMeanProbs)
+}

@@ -57,3 +57,18 @@ extension Variable {
     }
   }
 }
+
+extension Variable {
+  /// y[b, ...] = scale[b]·x[b, ...] for a per-sample scale [B] (drop path / stochastic depth).
+  public func scaledPerSample(_ scale: [Float]) -> Variable {
+    let x = self, b = shape[0]
+    precondition(scale.count == b, "scaledPerSample: \(scale.count) scales for batch \(b)")
+    let inner = count / max(b, 1)
+    let y = Tensor(uninitialized: shape)
+    for i in 0..<b { Kernels.affine(x: value.data + i * inner, y: y.data + i * inner, count: inner, alpha: scale[i]) }
+    return Autograd.result(y, [x]) { g in
+      let d = x.gradBuffer()
+      for i in 0..<b { Kernels.axpy(scale[i], x: g.data + i * inner, y: d.data + i * inner, count: inner) }
+    }
+  }
+}

@@ -45,11 +45,11 @@ extension Kernels {
     _ = BLAS.configure
     let pairs = s.batch * s.heads
     let lq = s.queries, lk = s.keys, dh = s.headDim
-    let parts = Parallel.parts(pairs, minChunk: 1)
+    let parts = Parallel.parts(pairs, minChunk: 4, tasksPerThread: 4)
     let scratch = probs == nil ? Tensor(uninitialized: [parts, lq * lk]) : nil
     nonisolated(unsafe) let pbase = probs ?? scratch!.data
     let own = probs != nil
-    Parallel.forEachChunkIndexed(pairs, minChunk: 1) { part, r in
+    Parallel.forEachChunkIndexed(pairs, minChunk: 4, tasksPerThread: 4) { part, r in
       for pair in r {
         let b = pair / s.heads, h = pair % s.heads
         let qp = q.base + b * lq * q.ld + h * dh
@@ -73,10 +73,10 @@ extension Kernels {
     _ = BLAS.configure
     let pairs = s.batch * s.heads
     let lq = s.queries, lk = s.keys, dh = s.headDim
-    let parts = Parallel.parts(pairs, minChunk: 1)
+    let parts = Parallel.parts(pairs, minChunk: 4, tasksPerThread: 4)
     let scratch = Tensor(uninitialized: [parts, lq * lk])
     nonisolated(unsafe) let probs = probs, sp = scratch.data
-    Parallel.forEachChunkIndexed(pairs, minChunk: 1) { part, r in
+    Parallel.forEachChunkIndexed(pairs, minChunk: 4, tasksPerThread: 4) { part, r in
       let ds = sp + part * lq * lk
       for pair in r {
         let b = pair / s.heads, h = pair % s.heads
