@@ -28,6 +28,8 @@ let package = Package(
     .library(name: "MilanTensor", targets: ["MilanTensor"]),
     .library(name: "MilanIO", targets: ["MilanIO"]),
     .library(name: "MilanAutograd", targets: ["MilanAutograd"]),
+    .library(name: "MilanNN", targets: ["MilanNN"]),
+    .library(name: "MilanModels", targets: ["MilanModels"]),
     .executable(name: "milan", targets: ["milan"]),
     .executable(name: "milan-bench", targets: ["milan-bench"]),
   ],
@@ -49,6 +51,10 @@ let package = Package(
       linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]),
     .target(name: "MilanIO", dependencies: ["MilanTensor"]),
     .target(name: "MilanAutograd", dependencies: ["MilanTensor"]),
+    .target(
+      name: "MilanNN",
+      dependencies: ["MilanAutograd", "MilanTensor", .product(name: "RealModule", package: "swift-numerics")]),
+    .target(name: "MilanModels", dependencies: ["MilanNN", "MilanAutograd", "MilanTensor", "MilanIO"]),
     .executableTarget(
       name: "milan",
       dependencies: [
@@ -71,6 +77,9 @@ let package = Package(
         .product(name: "RealModule", package: "swift-numerics"),
       ]),
     .testTarget(name: "MilanIOTests", dependencies: ["MilanIO"]),
+    .testTarget(
+      name: "MilanModelsTests",
+      dependencies: ["MilanModels", "MilanNN", "MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),
     .testTarget(
       name: "MilanAutogradTests",
       dependencies: ["MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),

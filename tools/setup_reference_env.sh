@@ -41,9 +41,9 @@ fi
 "${PIP[@]}" "$TORCH_PIN" safetensors numpy
 
 if [ "${MILAN_REF_EXTRAS:-1}" != "0" ]; then
-    if ! "${PIP[@]}" "$TORCH_PIN" 'torchvision==0.28.*' timm open_clip_torch onnx onnxruntime; then
-        echo "warning: optional extras (torchvision/timm/open_clip/onnx/onnxruntime) failed to install;" \
-             "fixtures and benchmarks do not need them" >&2
+    if ! "${PIP[@]}" "$TORCH_PIN" 'torchvision==0.28.*' timm open_clip_torch onnx onnxruntime 'transformers==5.24.0' pillow; then
+        echo "warning: optional extras (torchvision/timm/open_clip/onnx/onnxruntime/transformers) failed to install;" \
+             "tools/make_fixtures.py and the benchmarks do not need them; tools/make_model_fixtures.py does" >&2
     fi
 fi
 

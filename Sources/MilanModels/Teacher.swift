@@ -1,0 +1,28 @@
+// The teacher interface MILAN needs: a frozen ViT that returns per-token features and the class token's attention
+// over the patches in its last block (reference-milan.md §1–2).
+import MilanAutograd
+import MilanTensor
+
+public struct TeacherOutput: Sendable {
+  /// Per-token target features, class token first: [B, 1 + N, C].
+  public var features: Tensor
+  /// Last block's attention from the class-token query to every patch key, averaged over heads, the class column
+  /// dropped: [B, N]. The importance used by semantic-aware masking.
+  public var clsAttention: Tensor
+}
+
+public protocol Teacher: AnyObject {
+  var patchSize: Int { get }
+  /// Width of the target features (C).
+  var featureDim: Int { get }
+  /// Runs without recording gradients. images: [B, 3, H, W] (ImageNet-normalised), H and W multiples of patchSize.
+  func encode(_ images: Tensor) -> TeacherOutput
+}
+
+/// Class-token row of head-averaged attention [B, L, L] without the class column → [B, L − 1].
+func clsAttentionRow(_ probs: Tensor) -> Tensor {
+  let b = probs.shape[0], l = probs.shape[1]
+  let out = Tensor(uninitialized: [b, l - 1])
+  for i in 0..<b { (out.data + i * (l - 1)).update(from: probs.data + i * l * l + 1, count: l - 1) }
+  return out
+}

@@ -1,0 +1,248 @@
+// Mirrors timm/models/vision_transformer.py (VisionTransformer, Block, Attention, Mlp, PatchEmbed) with MAE's
+// initialisation (models_mae.py initialize_weights) and fixed 2-D sin-cos position table.
+// State-dict keys are timm's: cls_token, pos_embed, patch_embed.proj.{weight,bias}, blocks.{i}.{norm1, attn.qkv,
+// attn.proj, norm2, mlp.fc1, mlp.fc2}.{weight,bias}, norm | fc_norm, head.
+import MilanAutograd
+import MilanNN
+import MilanTensor
+
+public struct ViTConfig: Codable, Sendable, Equatable {
+  public enum Pool: String, Codable, Sendable { case token, avg }
+
+  public var imageSize: Int
+  public var patchSize: Int
+  public var inChannels: Int = 3
+  public var embedDim: Int
+  public var depth: Int
+  public var numHeads: Int
+  public var mlpRatio: Double = 4
+  public var qkvBias: Bool = true
+  /// 0: no classification head (`head` absent).
+  public var numClasses: Int = 0
+  /// Class token after the final norm (`token`) or mean of patch tokens through `fc_norm` (`avg`, MAE finetuning).
+  public var globalPool: Pool = .token
+  public var layerNormEps: Float = 1e-6
+  public var dropPathRate: Float = 0
+  /// Fixed MAE sin-cos table (not trained) instead of a learned position embedding.
+  public var fixedSinCosPosEmbed: Bool = true
+
+  public init(imageSize: Int, patchSize: Int, inChannels: Int = 3, embedDim: Int, depth: Int, numHeads: Int,
+              mlpRatio: Double = 4, qkvBias: Bool = true, numClasses: Int = 0, globalPool: Pool = .token,
+              layerNormEps: Float = 1e-6, dropPathRate: Float = 0, fixedSinCosPosEmbed: Bool = true) {
+    self.imageSize = imageSize
+    self.patchSize = patchSize
+    self.inChannels = inChannels
+    self.embedDim = embedDim
+    self.depth = depth
+    self.numHeads = numHeads
+    self.mlpRatio = mlpRatio
+    self.qkvBias = qkvBias
+    self.numClasses = numClasses
+    self.globalPool = globalPool
+    self.layerNormEps = layerNormEps
+    self.dropPathRate = dropPathRate
+    self.fixedSinCosPosEmbed = fixedSinCosPosEmbed
+  }
+
+  /// timm presets: tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16, huge 1280/32/16.
+  public static func preset(_ name: String, imageSize: Int = 224, patchSize: Int = 16) -> ViTConfig? {
+    let table: [String: (Int, Int, Int)] = [
+      "tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16),
+      "huge": (1280, 32, 16),
+    ]
+    guard let (d, depth, heads) = table[name] else { return nil }
+    return ViTConfig(imageSize: imageSize, patchSize: patchSize, embedDim: d, depth: depth, numHeads: heads)
+  }
+
+  public var gridSize: Int { imageSize / patchSize }
+  public var numPatches: Int { gridSize * gridSize }
+  public var mlpHidden: Int { Int(Double(embedDim) * mlpRatio) }
+}
+
+/// timm PatchEmbed: Conv2d(inChannels, D, P, stride P) flattened to [B, N, D].
+public final class PatchEmbed: Module {
+  public let proj: ConvWeights
+  public init(inChannels: Int, embedDim: Int, patchSize: Int, bias: Bool = true) {
+    proj = ConvWeights(out: embedDim, in: inChannels, kernel: patchSize, bias: bias)
+  }
+  public var children: [(String, any Module)] { [("proj", proj)] }
+  // img: [B, C, H, W] → [B, N, D]
+  public func callAsFunction(_ img: Variable) -> Variable { patchEmbed(img, weight: proj.weight, bias: proj.bias) }
+}
+
+/// Conv2d parameters: weight [out, in, k, k], bias [out].
+public final class ConvWeights: Module {
+  public let weight: Parameter
+  public let bias: Parameter?
+  public init(out: Int, in inC: Int, kernel: Int, bias: Bool) {
+    weight = Parameter(Tensor(zeros: [out, inC, kernel, kernel]), name: "weight")
+    self.bias = bias ? Parameter(Tensor(zeros: [out]), name: "bias") : nil
+  }
+  public var parameters: [(String, Parameter)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
+}
+
+/// timm Attention: fused qkv projection, multi-head self-attention, output projection.
+public final class SelfAttention: Module {
+  public let qkv: Linear, proj: Linear
+  public let numHeads: Int
+  public init(dim: Int, numHeads: Int, qkvBias: Bool) {
+    qkv = Linear(dim, 3 * dim, bias: qkvBias)
+    proj = Linear(dim, dim)
+    self.numHeads = numHeads
+  }
+  public var children: [(String, any Module)] { [("qkv", qkv), ("proj", proj)] }
+  // x: [B, L, D] → [B, L, D]; with `headMeanProbs`, also the head-averaged attention [B, L, L].
+  public func callAsFunction(_ x: Variable, headMeanProbs: Bool = false) -> (Variable, Tensor?) {
+    let (a, probs) = selfAttention(qkv: qkv(x), heads: numHeads, headMeanProbs: headMeanProbs)
+    return (proj(a), probs)
+  }
+}
+
+/// timm Mlp: fc1 → activation → fc2.
+public final class Mlp: Module {
+  public let fc1: Linear, fc2: Linear
+  public let activation: Activation
+  public init(dim: Int, hidden: Int, activation: Activation = .gelu) {
+    fc1 = Linear(dim, hidden)
+    fc2 = Linear(hidden, dim)
+    self.activation = activation
+  }
+  public var children: [(String, any Module)] { [("fc1", fc1), ("fc2", fc2)] }
+  public func callAsFunction(_ x: Variable) -> Variable { fc2(fc1(x).activation(activation)) }
+}
+
+/// timm Block: x + drop_path(attn(norm1(x))), then x + drop_path(mlp(norm2(x))).
+public final class Block: Module {
+  public let norm1: LayerNorm, attn: SelfAttention, norm2: LayerNorm, mlp: Mlp
+  public var dropPath: Float
+
+  public init(dim: Int, numHeads: Int, mlpHidden: Int, qkvBias: Bool, eps: Float, dropPath: Float = 0,
+              activation: Activation = .gelu) {
+    norm1 = LayerNorm(dim, eps: eps)
+    attn = SelfAttention(dim: dim, numHeads: numHeads, qkvBias: qkvBias)
+    norm2 = LayerNorm(dim, eps: eps)
+    mlp = Mlp(dim: dim, hidden: mlpHidden, activation: activation)
+    self.dropPath = dropPath
+  }
+
+  public var children: [(String, any Module)] {
+    [("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)]
+  }
+
+  public func callAsFunction(_ x: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
+    let a = attn(norm1(x)).0
+    var h = x + DropPath.apply(a, rate: dropPath, training: training, rng: &rng)
+    h = h + DropPath.apply(mlp(norm2(h)), rate: dropPath, training: training, rng: &rng)
+    return h
+  }
+}
+
+/// Stochastic depth: during training each sample's branch is dropped with probability `rate` and kept ones are
+/// scaled by 1/(1 − rate) (timm drop_path with scale_by_keep).
+public enum DropPath {
+  public static func apply(_ x: Variable, rate: Float, training: Bool, rng: inout SplitMix64) -> Variable {
+    guard training, rate > 0 else { return x }
+    let keep = 1 - rate
+    let scales = (0..<x.shape[0]).map { _ in rng.nextUniform() < keep ? 1 / keep : 0 }
+    return x.scaledPerSample(scales)
+  }
+}
+
+public final class VisionTransformer: Module {
+  public let config: ViTConfig
+  public let patchEmbed: PatchEmbed
+  public let clsToken: Parameter   // [1, 1, D]
+  public let posEmbed: Parameter   // [1, N + 1, D]
+  public let blocks: ModuleList<Block>
+  public let norm: LayerNorm?      // absent with global_pool = avg (fc_norm instead)
+  public let fcNorm: LayerNorm?
+  public let head: Linear?
+
+  public init(_ c: ViTConfig, seed: UInt64 = 0) {
+    config = c
+    patchEmbed = PatchEmbed(inChannels: c.inChannels, embedDim: c.embedDim, patchSize: c.patchSize)
+    clsToken = Parameter(Tensor(zeros: [1, 1, c.embedDim]), name: "cls_token")
+    posEmbed = Parameter(Tensor(zeros: [1, c.numPatches + 1, c.embedDim]), name: "pos_embed",
+                         trainable: !c.fixedSinCosPosEmbed)
+    blocks = ModuleList((0..<c.depth).map { i in
+      // Linearly increasing drop-path rate, as timm.
+      let dp = c.depth > 1 ? c.dropPathRate * Float(i) / Float(c.depth - 1) : c.dropPathRate
+      return Block(dim: c.embedDim, numHeads: c.numHeads, mlpHidden: c.mlpHidden, qkvBias: c.qkvBias,
+                   eps: c.layerNormEps, dropPath: dp)
+    })
+    norm = c.globalPool == .token ? LayerNorm(c.embedDim, eps: c.layerNormEps) : nil
+    fcNorm = c.globalPool == .avg ? LayerNorm(c.embedDim, eps: c.layerNormEps) : nil
+    head = c.numClasses > 0 ? Linear(c.embedDim, c.numClasses) : nil
+    initializeWeights(seed: seed)
+  }
+
+  public var parameters: [(String, Parameter)] { [("cls_token", clsToken), ("pos_embed", posEmbed)] }
+
+  public var children: [(String, any Module)] {
+    var c: [(String, any Module)] = [("patch_embed", patchEmbed), ("blocks", blocks)]
+    if let norm { c.append(("norm", norm)) }
+    if let fcNorm { c.append(("fc_norm", fcNorm)) }
+    if let head { c.append(("head", head)) }
+    return c
+  }
+
+  /// MAE initialize_weights: sin-cos pos_embed, xavier_uniform for Linear and the patch conv (viewed 2-D),
+  /// normal(0.02) class token, zero biases, unit LayerNorm weights.
+  public func initializeWeights(seed: UInt64) {
+    var rng = SplitMix64(seed: seed)
+    let g = config.gridSize
+    posEmbed.value.assign(Init.sinCos2D(dim: config.embedDim, gridH: g, gridW: g, classToken: true))
+    let w = patchEmbed.proj.weight.value
+    Init.xavierUniform(w, fanIn: w.count / w.shape[0], fanOut: w.shape[0], rng: &rng)
+    for i in 0..<clsToken.count { clsToken.value.data[i] = 0.02 * rng.nextNormal() }
+    for b in blocks.items {
+      for l in [b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2] {
+        Init.xavierUniform(l.weight.value, fanIn: l.inFeatures, fanOut: l.outFeatures, rng: &rng)
+      }
+    }
+    if let head { Init.truncatedNormal(head.weight.value, std: 0.02, rng: &rng) }
+  }
+
+  /// Position table for a `gridH`×`gridW` input, interpolated (bicubic, antialiased as timm) when it differs from
+  /// the configured grid. [1, 1 + gh·gw, D].
+  func positionTable(gridH: Int, gridW: Int) -> Variable {
+    let g = config.gridSize
+    if gridH == g && gridW == g { return posEmbed }
+    let d = config.embedDim
+    let out = Tensor(uninitialized: [1, 1 + gridH * gridW, d])
+    out.data.update(from: posEmbed.value.data, count: d)
+    Kernels.resizeTokenGrid(posEmbed.value.data + d, dim: d, inH: g, inW: g, outH: gridH, outW: gridW,
+                            antialias: true, into: out.data + d)
+    return Variable(out)  // interpolated tables are not trained through (fixed or fine-tuned at the native size)
+  }
+
+  /// Tokens after the final norm (or, with avg pooling, before fc_norm): img [B, C, H, W] → [B, 1 + N, D].
+  public func forwardFeatures(_ img: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
+    let p = config.patchSize
+    precondition(img.shape.count == 4 && img.shape[1] == config.inChannels,
+                 "VisionTransformer: expected [B, \(config.inChannels), H, W], got \(img.shape)")
+    var x = patchEmbed(img)
+    x = concatTokens([clsToken, x])
+    x = x + positionTable(gridH: img.shape[2] / p, gridW: img.shape[3] / p)
+    for b in blocks.items { x = b(x, training: training, rng: &rng) }
+    if let norm { x = norm(x) }
+    return x
+  }
+
+  /// Pooled representation [B, D]: class token after the norm, or the mean of patch tokens through fc_norm.
+  public func pooled(_ features: Variable) -> Variable {
+    switch config.globalPool {
+    case .token:
+      return sliceTokens(features, 0..<1).reshaped([features.shape[0], features.shape[2]])
+    case .avg:
+      let patches = sliceTokens(features, 1..<features.shape[1]).mean(axis: 1)
+      return fcNorm!(patches)
+    }
+  }
+
+  /// Logits [B, classes] (or the pooled features when there is no head).
+  public func callAsFunction(_ img: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
+    let f = pooled(forwardFeatures(img, training: training, rng: &rng))
+    return head.map { $0(f) } ?? f
+  }
+}
