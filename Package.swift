@@ -64,7 +64,7 @@ let package = Package(
     .executableTarget(
       name: "milan-bench",
       dependencies: [
-        "MilanTensor", "MilanAutograd",
+        "MilanTensor", "MilanAutograd", "MilanModels",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "bench/Sources/milan-bench"),

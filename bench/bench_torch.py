@@ -134,12 +134,86 @@ def unary_cases(cfg, key, name, dimname, f):
         yield f"{name}_fwdbwd", conf, fwdbwd, clear_grads(xg), None
 
 
+def _torchvision_workaround():
+    """The PyPI torchvision wheel is a CUDA build whose fake-op registrations fail against the CPU torch; skip them
+    (see tools/setup_reference_env.sh)."""
+    import torch.library as L
+    if getattr(L, "_milan_patched", False):
+        return
+    register_fake = L.register_fake
+
+    def skip(op, func=None, /, *args, **kwargs):
+        if isinstance(op, str) and op.startswith("torchvision::"):
+            return (lambda f: f) if func is None else func
+        return register_fake(op, func, *args, **kwargs)
+    L.register_fake = skip
+    L._milan_patched = True
+
+
+def clip_milan_forward(v, img):
+    """MILAN's teacher forward on an open_clip visual tower (reference-milan.md section 1): ln_post and proj on every
+    token, and the last block's head-averaged attention (class-token row, class column dropped). Same work as the
+    Swift CLIPVisionTeacher.encode."""
+    x = v.conv1(img)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = v.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+    x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+    x = v.ln_pre(x)
+    blocks = v.transformer.resblocks
+    batch_first = getattr(v.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for blk in blocks[:-1]:
+        x = blk(x)
+    last = blocks[-1]
+    h = last.ln_1(x)
+    a, w = last.attn(h, h, h, need_weights=True, average_attn_weights=True)
+    x = x + last.ls_1(a)
+    x = x + last.ls_2(last.mlp(last.ln_2(x)))
+    if not batch_first:
+        x = x.transpose(0, 1)
+    feats = v.ln_post(x) @ v.proj
+    return feats, w[:, 0, 1:]
+
+
+def teacher_cases(cfg):
+    for t in cfg.get("teachers", []):
+        conf = f"{t['name']} B={t['batch']} {t['image']}px"
+        img = randn(t["batch"], 3, t["image"], t["image"])
+        if t["name"] == "clip_vit_b16":
+            _torchvision_workaround()
+            import open_clip
+            model = open_clip.create_model("ViT-B-16", pretrained=None)  # random weights; speed is the same
+            v = model.visual.eval()
+
+            def fwd(v=v, img=img):
+                with torch.no_grad():
+                    clip_milan_forward(v, img)
+            yield "teacher_fwd", conf, fwd, None, None
+        elif t["name"] == "dinov2_s14":
+            from transformers import Dinov2Config, Dinov2Model
+            c = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14,
+                             image_size=518, layer_norm_eps=1e-6)
+            c._attn_implementation = "eager"
+            # Eager attention so the last layer's probabilities can be returned (the teacher needs them); this
+            # returns them for every layer, the Swift side only for the last.
+            m = Dinov2Model(c, add_pooling_layer=False) if "add_pooling_layer" in Dinov2Model.__init__.__code__.co_varnames else Dinov2Model(c)
+            m = m.eval()
+
+            def fwd(m=m, img=img):
+                with torch.no_grad():
+                    out = m(pixel_values=img, output_attentions=True)
+                    out.attentions[-1].mean(1)[:, 0, 1:]
+            yield "teacher_fwd", conf, fwd, None, None
+
+
 def all_cases(cfg):
     yield from gemm_cases(cfg)
     yield from attention_cases(cfg)
     yield from layernorm_cases(cfg)
     yield from unary_cases(cfg, "gelu", "gelu", "D", lambda x: F.gelu(x))
     yield from unary_cases(cfg, "softmax", "softmax", "L", lambda x: torch.softmax(x, dim=-1))
+    yield from teacher_cases(cfg)
 
 
 def sdpa_kernels(cfg):

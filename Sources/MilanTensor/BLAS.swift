@@ -1,3 +1,4 @@
+import Foundation
 // CBLAS: OpenBLAS on Linux (system-library target COpenBLAS), Accelerate on Apple platforms.
 #if canImport(Accelerate)
 import Accelerate
@@ -13,6 +14,13 @@ public enum BLAS {
     #if !canImport(Accelerate)
     openblas_set_num_threads(1)
     #endif
+  }()
+
+  /// GEMM tasks per worker thread. More tasks balance better when another process takes a core; fewer repack
+  /// the shared operand less often. `MILAN_GEMM_TASKS` overrides.
+  nonisolated(unsafe) public static var tasksPerThread: Int = {
+    if let s = ProcessInfo.processInfo.environment["MILAN_GEMM_TASKS"], let n = Int(s), n > 0 { return n }
+    return 2
   }()
 
   /// Sets the BLAS library's own thread count (benchmarks compare against raw multi-threaded OpenBLAS).
@@ -66,8 +74,8 @@ public enum BLAS {
       return
     }
     nonisolated(unsafe) let a = a, b = b, c = c
-    // Up to 4 tasks per thread, each at least 128 rows/columns, handed out dynamically.
-    let tasks = 4
+    // Up to `tasksPerThread` tasks per thread, each at least 128 rows/columns, handed out dynamically.
+    let tasks = tasksPerThread
     if m >= n {
       // Split rows of C (and of op(A)). Keep chunk boundaries at multiples of 8 rows.
       Parallel.forEachChunk((m + 7) / 8, minChunk: 16, tasksPerThread: tasks) { r in

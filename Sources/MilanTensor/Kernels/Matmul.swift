@@ -11,9 +11,11 @@ extension Kernels {
     x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     y: UnsafeMutablePointer<Float>, rows: Int, inFeatures: Int, outFeatures: Int
   ) {
+    // With a bias, C starts as the broadcast bias and the GEMM accumulates onto it (beta = 1): one pass over the
+    // output instead of BLAS's beta = 0 clearing pass plus a bias pass.
+    if let bias { broadcastRows(bias, into: y, rows: rows, cols: outFeatures) }
     BLAS.sgemm(.none, .transpose, rows, outFeatures, inFeatures, x, lda: inFeatures, weight, ldb: inFeatures,
-               beta: 0, y, ldc: outFeatures)
-    if let bias { addRowVector(y, bias, rows: rows, cols: outFeatures) }
+               beta: bias == nil ? 0 : 1, y, ldc: outFeatures)
   }
 
   /// dx += dy·w, dw += dyᵀ·x, db += Σ_rows dy (each optional). With `overwrite*` a gradient is written instead of
@@ -69,6 +71,15 @@ extension Kernels {
     // da[M,K] = dc[M,N]·b[K,N]ᵀ ; db[K,N] = a[M,K]ᵀ·dc[M,N]
     if let da { bmmForward(.none, .transpose, a: dc, b: b, c: da, batch: batch, m: m, n: k, k: n, beta: 1) }
     if let db { bmmForward(.transpose, .none, a: a, b: dc, c: db, batch: batch, m: k, n: n, k: m, beta: 1) }
+  }
+
+  /// y[r, :] = v for every row r, split over rows.
+  public static func broadcastRows(_ v: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, rows: Int,
+                                   cols: Int) {
+    nonisolated(unsafe) let y = y, v = v
+    Parallel.forEachChunk(rows, minChunk: max(1, (1 << 15) / max(cols, 1))) { r in
+      for i in r { (y + i * cols).update(from: v, count: cols) }
+    }
   }
 
   /// y[r, :] += v for every row r (bias add), split over rows.

