@@ -58,7 +58,7 @@ let package = Package(
     .executableTarget(
       name: "milan",
       dependencies: [
-        "MilanTensor", "MilanIO", "MilanAutograd", "CMilanKernels",
+        "MilanTensor", "MilanIO", "MilanAutograd", "MilanModels", "CMilanKernels",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .executableTarget(

