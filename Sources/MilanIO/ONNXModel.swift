@@ -43,6 +43,13 @@ public struct ONNXNode: Sendable, Equatable {
   public var opType: String
   public var inputs: [String]
   public var outputs: [String]
+
+  public init(name: String, opType: String, inputs: [String], outputs: [String]) {
+    self.name = name
+    self.opType = opType
+    self.inputs = inputs
+    self.outputs = outputs
+  }
 }
 
 public struct ONNXInitializer: Sendable, Equatable {
