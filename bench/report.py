@@ -20,6 +20,7 @@ FAMILIES = [  # (title, op prefix)
     ("LayerNorm", "layernorm_"),
     ("GELU (exact erf)", "gelu_"),
     ("Softmax (last dim)", "softmax_"),
+    ("Teacher forward (features of every token + last-block class attention)", "teacher_"),
 ]
 
 

@@ -101,6 +101,45 @@ public enum Conversions {
     return out
   }
 
+  /// timm DINOv2 ViT names → Hugging Face Dinov2Model names (the inverse of `dinov2ToTimm`; a zero mask token is
+  /// added), so timm-format DINOv2 weights load into DINOv2Teacher.
+  public static func timmToDINOv2HF(_ t: [String: Tensor]) -> [String: Tensor] {
+    var out: [String: Tensor] = [:]
+    for (key, v) in t {
+      switch key {
+      case "cls_token":
+        out["embeddings.cls_token"] = v
+        out["embeddings.mask_token"] = Tensor(zeros: [1, v.lastDim])
+      case "pos_embed": out["embeddings.position_embeddings"] = v
+      default:
+        if key.hasSuffix(".attn.qkv.weight") || key.hasSuffix(".attn.qkv.bias") {
+          let layer = key.replacingOccurrences(of: "blocks.", with: "encoder.layer.")
+            .replacingOccurrences(of: key.hasSuffix("weight") ? ".attn.qkv.weight" : ".attn.qkv.bias", with: "")
+          let kind = key.hasSuffix("weight") ? "weight" : "bias"
+          let third = v.shape[0] / 3, inner = v.count / v.shape[0]
+          for (i, name) in ["query", "key", "value"].enumerated() {
+            var shape = v.shape
+            shape[0] = third
+            let part = Tensor(uninitialized: shape)
+            part.data.update(from: v.data + i * third * inner, count: third * inner)
+            out["\(layer).attention.attention.\(name).\(kind)"] = part
+          }
+          continue
+        }
+        var k = key
+        let rules: [(String, String)] = [
+          ("patch_embed.proj.", "embeddings.patch_embeddings.projection."), ("blocks.", "encoder.layer."),
+          (".attn.proj.", ".attention.output.dense."), (".ls1.gamma", ".layer_scale1.lambda1"),
+          (".ls2.gamma", ".layer_scale2.lambda1"),
+        ]
+        for (a, b) in rules { k = k.replacingOccurrences(of: a, with: b) }
+        if k.hasPrefix("norm.") { k = "layernorm." + k.dropFirst(5) }
+        out[k] = v
+      }
+    }
+    return out
+  }
+
   /// The encoder of a MILAN/MAE pretraining checkpoint (timm names), without decoder parts.
   public static func milanEncoder(_ t: [String: Tensor]) -> [String: Tensor] {
     t.filter { !$0.key.hasPrefix("decoder_") && $0.key != "mask_token" && !$0.key.hasPrefix("teacher.") }

@@ -74,6 +74,33 @@ public enum BLAS {
       return
     }
     nonisolated(unsafe) let a = a, b = b, c = c
+    // Weight gradients (dW = dYᵀ·X over many tokens) have a long inner dimension and a small output: splitting M or
+    // N would make every part pack the whole of the other operand, so split K instead, each part packing its own
+    // half of both, and add the partial products.
+    if k >= 2 * max(m, n) && k >= 512 {
+      let parts = Parallel.parts(k, minChunk: 256)
+      let partial = Tensor(uninitialized: [max(parts - 1, 0), m * n])
+      nonisolated(unsafe) let pp = partial.data
+      Parallel.forEachChunkIndexed(k, minChunk: 256) { part, r in
+        let aOff = ta == .none ? r.lowerBound : r.lowerBound * lda  // A is [M, K] (or [K, M] transposed)
+        let bOff = tb == .none ? r.lowerBound * ldb : r.lowerBound  // B is [K, N] (or [N, K] transposed)
+        if part == 0 {
+          sgemmRaw(ta, tb, m, n, r.count, alpha: alpha, a + aOff, lda: lda, b + bOff, ldb: ldb, beta: beta, c,
+                   ldc: ldc)
+        } else {
+          sgemmRaw(ta, tb, m, n, r.count, alpha: alpha, a + aOff, lda: lda, b + bOff, ldb: ldb, beta: 0,
+                   pp + (part - 1) * m * n, ldc: n)
+        }
+      }
+      for part in 1..<max(parts, 1) {
+        let src = pp + (part - 1) * m * n
+        for i in 0..<m {
+          let ci = c + i * ldc, si = src + i * n
+          for j in 0..<n { ci[j] += si[j] }
+        }
+      }
+      return
+    }
     // Up to `tasksPerThread` tasks per thread, each at least 128 rows/columns, handed out dynamically.
     let tasks = tasksPerThread
     if m >= n {

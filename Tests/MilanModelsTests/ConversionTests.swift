@@ -50,3 +50,16 @@ import Testing
     #expect(Set(Conversions.milanEncoder(t).keys) == ["cls_token", "blocks.0.attn.qkv.weight", "norm.weight"])
   }
 }
+
+@Suite struct DINOv2TimmRoundTripTests {
+  @Test func timmNamedDINOv2LoadsAndMatches() throws {
+    let f = try SafeTensorsFile(contentsOf: Fixtures.url("models/dinov2_hf.safetensors"))
+    let hf = try allTensors(f, except: ["input", "features", "attn_cls", "input_48px", "features_48px",
+                                        "attn_cls_48px", "pos_embed_bicubic_6x6", "pos_embed_grid_4x4"])
+    let back = Conversions.timmToDINOv2HF(try Conversions.toTimm(hf, from: .huggingFaceDINOv2))
+    let teacher = DINOv2Teacher(DINOv2Config(imageSize: 32, patchSize: 8, hiddenSize: 48, layers: 2, heads: 3))
+    try teacher.load(back)  // strict: the round trip must give back every key
+    let out = teacher.encode(try f.tensor("input"))
+    #expect(compare(out.features, try f.tensor("features"), atol: 1e-5, rtol: 1e-4, "DINOv2 via timm names").ok)
+  }
+}

@@ -25,7 +25,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
 @Suite(.serialized) struct KernelTests {
   @Test func linearForwardBackwardMatchesNaive() {
     // Large enough to be split across threads (M·N·K ≥ 2^18), odd sizes.
-    for (rows, inF, outF) in [(301, 67, 129), (5, 3, 2), (64, 200, 17)] {
+    // (1100, 67, 129): the weight gradient has K = 1100 ≫ M, N and takes the split-K path.
+    for (rows, inF, outF) in [(301, 67, 129), (5, 3, 2), (64, 200, 17), (1100, 67, 129)] {
       let x = randn([rows, inF], 1), w = randn([outF, inF], 2), b = randn([outF], 3)
       let y = Tensor(uninitialized: [rows, outF])
       Kernels.linearForward(x: x.data, weight: w.data, bias: b.data, y: y.data, rows: rows, inFeatures: inF,
