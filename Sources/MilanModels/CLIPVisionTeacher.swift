@@ -125,7 +125,8 @@ public final class CLIPVisionTower: Module {
       let gh = images.shape[2] / c.patchSize, gw = images.shape[3] / c.patchSize
       var x = patchEmbed(Variable(images), weight: conv1.weight, bias: nil)
       x = concatTokens([classEmbedding.reshaped([1, 1, d]), x])
-      x = x + Variable(resizedPositions(gridH: gh, gridW: gw))
+      x = x + Variable(positionTable(positionalEmbedding.value, grid: c.gridSize, gridH: gh, gridW: gw,
+                                     antialias: false))
       x = lnPre(x)
       var probs: Tensor? = nil
       for (i, blk) in transformer.resblocks.items.enumerated() {
@@ -141,17 +142,6 @@ public final class CLIPVisionTower: Module {
     }
   }
 
-  /// positional_embedding [1 + N, D] for another grid: class row kept, the patch grid resized with PyTorch's
-  /// bicubic (align_corners = False, no antialias).
-  func resizedPositions(gridH: Int, gridW: Int) -> Tensor {
-    let g = config.gridSize, d = config.width
-    if gridH == g && gridW == g { return positionalEmbedding.value.reshaped([1, g * g + 1, d]) }
-    let out = Tensor(uninitialized: [1, 1 + gridH * gridW, d])
-    out.data.update(from: positionalEmbedding.value.data, count: d)
-    Kernels.resizeTokenGrid(positionalEmbedding.value.data + d, dim: d, inH: g, inW: g, outH: gridH, outW: gridW,
-                            antialias: false, into: out.data + d)
-    return out
-  }
 }
 
 /// A CLIP image tower used as MILAN's teacher; its state-dict keys carry the `visual.` prefix of a CLIP model.

@@ -145,14 +145,8 @@ public final class DINOv2Teacher: Module, Teacher {
   /// Position table for a gridH×gridW input: the class row, then the stored grid resized with PyTorch bicubic
   /// (align_corners = False, a = −0.75, no antialias), as the HF model and the ONNX export do.
   public func positionTable(gridH: Int, gridW: Int) -> Tensor {
-    let g = config.gridSize, d = config.hiddenSize
-    let pe = embeddings.positionEmbeddings.value
-    if gridH == g && gridW == g { return pe }
-    let out = Tensor(uninitialized: [1, 1 + gridH * gridW, d])
-    out.data.update(from: pe.data, count: d)
-    Kernels.resizeTokenGrid(pe.data + d, dim: d, inH: g, inW: g, outH: gridH, outW: gridW, antialias: false,
-                            into: out.data + d)
-    return out
+    MilanModels.positionTable(embeddings.positionEmbeddings.value, grid: config.gridSize, gridH: gridH, gridW: gridW,
+                              antialias: false)
   }
 
   public func encode(_ images: Tensor) -> TeacherOutput {

@@ -26,3 +26,16 @@ func clsAttentionRow(_ probs: Tensor) -> Tensor {
   for i in 0..<b { (out.data + i * (l - 1)).update(from: probs.data + i * l * l + 1, count: l - 1) }
   return out
 }
+
+/// A position table [1 + g·g, D] (class row first) for a gridH×gridW input: the class row copied, the g×g grid
+/// resized bicubically (`antialias` as timm's resample, otherwise PyTorch's plain bicubic as Hugging Face, open_clip
+/// interpolation and the ONNX export use). Returns [1, 1 + gridH·gridW, D]; the table itself when the grid matches.
+func positionTable(_ table: Tensor, grid g: Int, gridH: Int, gridW: Int, antialias: Bool) -> Tensor {
+  let d = table.lastDim
+  if gridH == g && gridW == g { return table.reshaped([1, 1 + g * g, d]) }
+  let out = Tensor(uninitialized: [1, 1 + gridH * gridW, d])
+  out.data.update(from: table.data, count: d)
+  Kernels.resizeTokenGrid(table.data + d, dim: d, inH: g, inW: g, outH: gridH, outW: gridW, antialias: antialias,
+                          into: out.data + d)
+  return out
+}

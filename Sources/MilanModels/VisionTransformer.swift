@@ -208,12 +208,9 @@ public final class VisionTransformer: Module {
   func positionTable(gridH: Int, gridW: Int) -> Variable {
     let g = config.gridSize
     if gridH == g && gridW == g { return posEmbed }
-    let d = config.embedDim
-    let out = Tensor(uninitialized: [1, 1 + gridH * gridW, d])
-    out.data.update(from: posEmbed.value.data, count: d)
-    Kernels.resizeTokenGrid(posEmbed.value.data + d, dim: d, inH: g, inW: g, outH: gridH, outW: gridW,
-                            antialias: true, into: out.data + d)
-    return Variable(out)  // interpolated tables are not trained through (fixed or fine-tuned at the native size)
+    // Interpolated tables are not trained through (fixed, or fine-tuned at the native size).
+    return Variable(MilanModels.positionTable(posEmbed.value.reshaped([1 + g * g, config.embedDim]), grid: g,
+                                              gridH: gridH, gridW: gridW, antialias: true))
   }
 
   /// Tokens after the final norm (or, with avg pooling, before fc_norm): img [B, C, H, W] → [B, 1 + N, D].
