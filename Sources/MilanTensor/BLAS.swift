@@ -23,6 +23,9 @@ public enum BLAS {
     return 2
   }()
 
+  /// Whether GEMMs with a long inner dimension split K across threads (`MILAN_GEMM_SPLITK=0` turns it off).
+  nonisolated(unsafe) public static var splitK: Bool = ProcessInfo.processInfo.environment["MILAN_GEMM_SPLITK"] != "0"
+
   /// Sets the BLAS library's own thread count (benchmarks compare against raw multi-threaded OpenBLAS).
   public static func setLibraryThreads(_ n: Int) {
     #if !canImport(Accelerate)
@@ -77,7 +80,7 @@ public enum BLAS {
     // Weight gradients (dW = dYᵀ·X over many tokens) have a long inner dimension and a small output: splitting M or
     // N would make every part pack the whole of the other operand, so split K instead, each part packing its own
     // half of both, and add the partial products.
-    if k >= 2 * max(m, n) && k >= 512 {
+    if splitK && k >= 2 * max(m, n) && k >= 512 {
       let parts = Parallel.parts(k, minChunk: 256)
       let partial = Tensor(uninitialized: [max(parts - 1, 0), m * n])
       nonisolated(unsafe) let pp = partial.data

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Writes the MILAN training-step fixtures described in tools/FIXTURES.md ("MILAN step fixtures").
+
+Run with the pinned reference environment (tools/setup_reference_env.sh; same extras as make_model_fixtures.py,
+whose helpers it imports):
+
+    /work/venv-ref/bin/python tools/make_milan_fixtures.py [--out DIR] [--list]
+
+Output: Tests/Fixtures/milan/step_{milan,random_mask,mae_pixel}{,_grad,_adamw}.safetensors. Each variant is split
+over three files (one step's forward / its gradients / the AdamW update plus a 10-step run) so that every file stays
+well under 1 MiB; the union of a variant's three files is one flat key set (no key appears twice).
+
+Model: tools/milan_reference.py (MILAN's MaskedAutoencoderViT, the CLIP teacher, timm 0.3.2 add_weight_decay +
+torch.optim.AdamW). Teacher weights: Tests/Fixtures/models/clip_openclip.safetensors (`visual.*`).
+Deterministic: fixed seeds, float32 on CPU, one thread, canonical safetensors header; re-running gives identical
+bytes (the script prints each file's sha256).
+"""
+import argparse
+import json
+import os
+import sys
+from functools import partial
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from make_model_fixtures import (CLIP, assert_close, canonicalize_header, clip_reference, gen, randn,  # noqa: E402
+                                 sha256_file)
+import milan_reference as mr  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO, "Tests", "Fixtures", "milan")
+BASE_METADATA = {"format": "pt", "generator": "tools/make_milan_fixtures.py", "torch": torch.__version__}
+
+STUDENT = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=48, depth=2, num_heads=3, mlp_ratio=4.0,
+               decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
+MASK_RATIO = 0.75
+OPTIM = dict(name="torch.optim.AdamW", lr=1e-3, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.05, amsgrad=False,
+             maximize=False, implementation="single-tensor (foreach=False)", lr_schedule="constant")
+BATCH, BATCH_10, STEPS = 4, 2, 10
+MODEL_SEED = 0        # torch.manual_seed before construction (MAE init draws from the global RNG)
+PERTURB_SEED = 10     # generator for the N(0, 0.01^2) perturbation of every trainable tensor
+PERTURB_STD = 0.01
+DATA_SEED = 100       # images, images_10
+MASK_SEED = 101       # exp_noise / uniform_noise, then one [2,16] draw per step of the 10-step run
+
+VARIANTS = {
+    "milan": dict(use_clip=True, attn_mask=True, change_decoder=True, norm_pix_loss=False,
+                  pred_dim=CLIP["output_dim"], noise="exp"),
+    "random_mask": dict(use_clip=True, attn_mask=False, change_decoder=True, norm_pix_loss=False,
+                        pred_dim=CLIP["output_dim"], noise="uniform"),
+    "mae_pixel": dict(use_clip=False, attn_mask=False, change_decoder=False, norm_pix_loss=True,
+                      pred_dim=STUDENT["patch_size"] ** 2 * STUDENT["in_chans"], noise="uniform"),
+}
+
+
+def build_student(v):
+    torch.manual_seed(MODEL_SEED)
+    model = mr.MaskedAutoencoderViT(**STUDENT, use_clip=v["use_clip"], attn_mask=v["attn_mask"],
+                                    change_decoder=v["change_decoder"], norm_pix_loss=v["norm_pix_loss"],
+                                    pred_dim=v["pred_dim"])
+    g = gen(PERTURB_SEED)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(PERTURB_STD * randn(g, *p.shape))
+    return model
+
+
+def draw_noise(kind, g, *shape):
+    """exp: the Exp(1) draws torch.multinomial would make (empty_like(p).exponential_(1)); uniform: torch.rand."""
+    if kind == "exp":
+        return torch.empty(*shape, dtype=torch.float32).exponential_(1.0, generator=g)
+    return torch.rand(*shape, generator=g, dtype=torch.float32)
+
+
+def load_teacher():
+    teacher = mr.CLIPVisualTeacher.from_safetensors(mr.CLIP_FIXTURE, **{k: CLIP[k] for k in (
+        "image_size", "patch_size", "width", "layers", "heads", "mlp_ratio", "output_dim")})
+    from safetensors.torch import load_file
+    f = load_file(mr.CLIP_FIXTURE)
+    with torch.no_grad():
+        tok, attn = teacher(f["input"])
+        assert_close("teacher tokens vs clip_openclip", tok, f["tokens"], 1e-5)
+        assert_close("teacher attn_cls vs clip_openclip", mr.CLIPVisualTeacher.importance(attn), f["attn_cls"], 1e-6)
+        sd = {k: v for k, v in f.items() if k.startswith("visual.")}
+        tok2, probs2 = clip_reference(sd, f["input"], sd["visual.positional_embedding"])
+        assert_close("teacher vs make_model_fixtures.clip_reference", tok, tok2, 2e-6)
+        assert_close("teacher attention vs clip_reference", attn, probs2.mean(1), 1e-6)
+    return teacher
+
+
+def crosscheck_timm(model):
+    """The hand-written encoder blocks / patch embed against timm's modules with the same weights."""
+    from timm.layers import PatchEmbed as TimmPatchEmbed
+    from timm.models.vision_transformer import Block as TimmBlock
+    g = gen(5)
+    x = randn(g, 3, 17, STUDENT["embed_dim"])
+    with torch.no_grad():
+        for i, blk in enumerate(model.blocks):
+            tb = TimmBlock(STUDENT["embed_dim"], STUDENT["num_heads"], STUDENT["mlp_ratio"], qkv_bias=True,
+                           norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+            tb.load_state_dict(blk.state_dict(), strict=True)
+            assert_close(f"block {i} vs timm Block", blk(x), tb(x), 2e-6)
+        if not model.change_decoder:
+            xd = randn(g, 3, 17, STUDENT["decoder_embed_dim"])
+            for i, blk in enumerate(model.decoder_blocks):
+                tb = TimmBlock(STUDENT["decoder_embed_dim"], STUDENT["decoder_num_heads"], STUDENT["mlp_ratio"],
+                               qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+                tb.load_state_dict(blk.state_dict(), strict=True)
+                assert_close(f"decoder block {i} vs timm Block", blk(xd), tb(xd), 2e-6)
+        tp = TimmPatchEmbed(STUDENT["img_size"], STUDENT["patch_size"], STUDENT["in_chans"], STUDENT["embed_dim"])
+        tp.load_state_dict(model.patch_embed.state_dict(), strict=True)
+        img = randn(g, 2, 3, 32, 32)
+        assert_close("patch_embed vs timm PatchEmbed", model.patch_embed(img), tp(img), 1e-6)
+
+
+def forward_step(model, teacher, v, images, noise, mask_gen_state=None):
+    """One forward (teacher under no_grad, student with autograd). Checks the semantic-aware shuffle against
+    torch.multinomial when the mask generator's state before the draw is given."""
+    target = importance = None
+    if v["use_clip"]:
+        with torch.no_grad():
+            target, attn = teacher(images)
+            importance = mr.CLIPVisualTeacher.importance(attn).contiguous()
+    out = model(images, MASK_RATIO, noise=noise, target=target,
+                importance=importance if v["attn_mask"] else None)
+    if v["attn_mask"] and mask_gen_state is not None:
+        g = torch.Generator()
+        g.set_state(mask_gen_state)
+        mult = torch.multinomial(importance, importance.shape[1], replacement=False, generator=g)
+        assert torch.equal(mult, out["ids_shuffle"]), "multinomial permutation differs from argsort_desc(p/E)"
+    if not v["use_clip"]:
+        target = model.pixel_target(images)
+    out["target"], out["importance"] = target, importance
+    return out
+
+
+def variant(name, teacher):
+    v = VARIANTS[name]
+    model = build_student(v)
+    crosscheck_timm(model)
+    init_sd = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    nd, d = mr.weight_decay_names(model)
+    assert "cls_token" in d and "mask_token" in d and not {"pos_embed", "decoder_pos_embed"} & set(nd + d)
+
+    gd, gm = gen(DATA_SEED), gen(MASK_SEED)
+    images = randn(gd, BATCH, 3, 32, 32)
+    images_10 = randn(gd, STEPS, BATCH_10, 3, 32, 32)
+    state = gm.get_state()
+    noise = draw_noise(v["noise"], gm, BATCH, 16)
+    states_10, noise_10 = [], []
+    for _ in range(STEPS):
+        states_10.append(gm.get_state())
+        noise_10.append(draw_noise(v["noise"], gm, BATCH_10, 16))
+    noise_10 = torch.stack(noise_10)
+
+    # one step
+    opt = mr.make_optimizer(model, lr=OPTIM["lr"], weight_decay=OPTIM["weight_decay"], betas=tuple(OPTIM["betas"]),
+                            eps=OPTIM["eps"])
+    opt.zero_grad(set_to_none=True)
+    out = forward_step(model, teacher, v, images, noise, state)
+    out["loss"].backward()
+    named = dict(model.named_parameters())
+    grads = {n: named[n].grad.detach().clone() for n in trainable}
+    assert all(torch.isfinite(g_).all() and g_.abs().sum() > 0 for g_ in grads.values())
+    # explicit AdamW formula for step 1 (m = v = 0 before)
+    expect = {n: mr.adamw_step_reference(named[n].detach(), grads[n], torch.zeros_like(grads[n]),
+                                         torch.zeros_like(grads[n]), 1, OPTIM["lr"],
+                                         0.0 if n in nd else OPTIM["weight_decay"], tuple(OPTIM["betas"]),
+                                         OPTIM["eps"])[0] for n in trainable}
+    opt.step()
+    updated = {n: named[n].detach().clone() for n in trainable}
+    for n in trainable:
+        assert_close(f"AdamW {n}", updated[n], expect[n], 1e-7)
+    loss_masked = None
+    if v["use_clip"]:
+        loss_masked = mr.milan_feature_loss(out["pred"].detach(), out["target"], out["mask"])
+
+    # 10 steps from the same initial weights, fresh optimizer, constant lr
+    model10 = build_student(v)
+    model10.load_state_dict(init_sd)
+    opt10 = mr.make_optimizer(model10, lr=OPTIM["lr"], weight_decay=OPTIM["weight_decay"],
+                              betas=tuple(OPTIM["betas"]), eps=OPTIM["eps"])
+    losses = []
+    for s in range(STEPS):
+        opt10.zero_grad(set_to_none=True)
+        o = forward_step(model10, teacher, v, images_10[s], noise_10[s], states_10[s])
+        o["loss"].backward()
+        opt10.step()
+        losses.append(o["loss"].detach())
+    losses_10 = torch.stack(losses)
+
+    noise_key = "exp_noise" if v["noise"] == "exp" else "uniform_noise"
+    main = {f"model.{k}": t for k, t in init_sd.items()}
+    main.update({"images": images, noise_key: noise, "target": out["target"], "ids_shuffle": out["ids_shuffle"],
+                 "ids_restore": out["ids_restore"], "ids_keep": out["ids_keep"], "ids_dump": out["ids_dump"],
+                 "mask": out["mask"], "latent": out["latent"], "pred": out["pred"], "loss": out["loss"]})
+    if v["use_clip"]:
+        main["importance"] = out["importance"]
+        main["loss_masked"] = loss_masked
+    grad_file = {f"grad.{n}": grads[n] for n in trainable}
+    adamw_file = {f"updated.{n}": updated[n] for n in trainable}
+    adamw_file.update({"images_10": images_10, f"{noise_key}_10": noise_10, "losses_10": losses_10})
+
+    config = {
+        "student": {**STUDENT, "mask_ratio": MASK_RATIO, "len_keep": int(16 * (1 - MASK_RATIO)), "ln_eps": 1e-6,
+                    "act": "GELU (erf)", "qkv_bias": True, **{k: v[k] for k in ("use_clip", "attn_mask",
+                                                                               "change_decoder", "norm_pix_loss")},
+                    "decoder": "prompting (Block_fordecoder: attn.q, attn.kv)" if v["change_decoder"]
+                    else "MAE (Block: attn.qkv)", "decoder_pred_out": v["pred_dim"]},
+        "teacher": ({**CLIP, "act_layer": "QuickGELU", "ln_eps": 1e-5,
+                     "weights": "Tests/Fixtures/models/clip_openclip.safetensors visual.*"} if v["use_clip"] else None),
+        "masking": ("attention_masking: ids_shuffle = argsort_desc(importance / exp_noise) (= torch.multinomial("
+                    "importance, 16, replacement=False) with those Exp(1) draws; checked)" if v["attn_mask"] else
+                    "random_masking: ids_shuffle = argsort(uniform_noise) ascending"),
+        "loss": ("mean over all B x 17 tokens (class token included) of 2 - 2 cos(pred, target), no eps; "
+                 "loss_masked = mean over masked patch tokens only" if v["use_clip"] else
+                 "MAE norm_pix_loss: target = patchify(images) (per patch (row, col, channel)), "
+                 "(t - mean) / sqrt(var_unbiased + 1e-6) per patch; mean over 192 of (pred - target)^2, then "
+                 "(loss * mask).sum() / mask.sum()"),
+        "optimizer": {**OPTIM, "param_groups": "timm 0.3.2 add_weight_decay: wd 0 for 1-D params and names ending "
+                      "'.bias'; wd 0.05 for everything else incl. cls_token and mask_token; pos tables frozen "
+                      "(not in the optimizer)", "no_decay": nd, "decay": d},
+        "init": f"torch.manual_seed({MODEL_SEED}); MAE initialize_weights (sin-cos pos tables, xavier_uniform on "
+                f"Linear and on the patch conv weight viewed [D, C*p*p], patch conv bias = PyTorch default, "
+                f"normal(0.02) cls/mask token, LayerNorm 1/0, Linear bias 0); then N(0, {PERTURB_STD}^2) noise "
+                f"(generator seed {PERTURB_SEED}) added to every trainable tensor in named_parameters order",
+        "seeds": {"model": MODEL_SEED, "perturb": PERTURB_SEED, "data": DATA_SEED, "mask_noise": MASK_SEED},
+        "run": "one step: zero_grad, teacher (no_grad) -> forward -> loss.backward -> grad.* -> AdamW step -> "
+               "updated.*; 10-step run: same initial weights, new optimizer, step s uses images_10[s] and the "
+               "noise_10[s]; losses_10[s] = loss before update s",
+    }
+    meta = {"config": json.dumps(config, sort_keys=True),
+            "files": f"step_{name}.safetensors (weights, batch, forward), step_{name}_grad.safetensors (grad.*), "
+                     f"step_{name}_adamw.safetensors (updated.*, 10-step run)"}
+    return {f"step_{name}": main, f"step_{name}_grad": grad_file, f"step_{name}_adamw": adamw_file}, meta
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    ap.add_argument("--list", action="store_true", help="print each written tensor's name, dtype and shape")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # single-threaded reductions: bit-identical output run to run
+    os.makedirs(args.out, exist_ok=True)
+    teacher = load_teacher()
+    for name in VARIANTS:
+        files, extra = variant(name, teacher)
+        metadata = {**BASE_METADATA, **extra}
+        keys = [k for f in files.values() for k in f]
+        assert len(keys) == len(set(keys)), "duplicate key across a variant's files"
+        for fname, result in files.items():
+            tensors = {}
+            for k, t in result.items():
+                t = t.detach().contiguous()
+                assert t.dtype in (torch.float32, torch.int64), (fname, k, t.dtype)
+                assert torch.isfinite(t.float()).all(), (fname, k)
+                tensors[k] = t
+            path = os.path.join(args.out, fname + ".safetensors")
+            save_file(tensors, path, metadata=metadata)
+            canonicalize_header(path, metadata)
+            size = os.path.getsize(path)
+            assert size < 700_000, (path, size)
+            print(f"wrote {os.path.relpath(path, REPO)} ({len(tensors)} tensors, {size} bytes, "
+                  f"sha256 {sha256_file(path)[:16]})", file=sys.stderr)
+            if args.list:
+                for k, t in tensors.items():
+                    print(f"  {k:44s} {str(t.dtype):14s} {list(t.shape)}", file=sys.stderr)
+        print(f"  {name}: loss {files['step_' + name]['loss'].item():.6f}, losses_10 "
+              f"{[round(x, 4) for x in files['step_' + name + '_adamw']['losses_10'].tolist()]}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
