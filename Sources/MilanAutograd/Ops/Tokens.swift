@@ -100,3 +100,15 @@ public func patchEmbed(_ img: Variable, weight: Variable, bias: Variable?) -> Va
                                geometry: g, embedDim: e)
   }
 }
+
+/// Repeats a batch-1 tensor [1, ...] into [B, ...]; the gradient is summed over the batch.
+public func expandBatch(_ x: Variable, to batch: Int) -> Variable {
+  precondition(x.shape.first == 1, "expandBatch: expected a leading 1, got \(x.shape)")
+  let inner = x.count
+  let y = Tensor(uninitialized: [batch] + Array(x.shape.dropFirst()))
+  for b in 0..<batch { (y.data + b * inner).update(from: x.value.data, count: inner) }
+  return Autograd.result(y, [x]) { g in
+    let d = x.gradBuffer()
+    for b in 0..<batch { Kernels.axpy(1, x: g.data + b * inner, y: d.data, count: inner) }
+  }
+}

@@ -1,0 +1,178 @@
+// Mirrors zejiangh/MILAN models_milan.py MaskedAutoencoderViT (with --use_clip --change_decoder --attn_mask), and
+// MAE's decoder and pixel loss for the ablation (reference-milan.md §1–5, §12). State-dict keys are the reference's:
+// the encoder's timm keys at top level (cls_token, pos_embed, patch_embed, blocks, norm), then mask_token,
+// decoder_embed, decoder_pos_embed, decoder_blocks.{j}, decoder_norm, decoder_pred.
+import MilanAutograd
+import MilanNN
+import MilanTensor
+
+public struct MILANConfig: Codable, Sendable, Equatable {
+  public enum Decoder: String, Codable, Sendable { case prompting, mae }
+
+  public var encoder: ViTConfig
+  public var decoderDim: Int
+  public var decoderDepth: Int
+  public var decoderHeads: Int
+  public var decoderMlpRatio: Double = 4
+  public var decoder: Decoder = .prompting
+  /// Width of decoder_pred: the teacher's feature size, or patch·patch·channels for the pixel target.
+  public var predictionDim: Int
+
+  public init(encoder: ViTConfig, decoderDim: Int, decoderDepth: Int, decoderHeads: Int, decoderMlpRatio: Double = 4,
+              decoder: Decoder = .prompting, predictionDim: Int) {
+    self.encoder = encoder
+    self.decoderDim = decoderDim
+    self.decoderDepth = decoderDepth
+    self.decoderHeads = decoderHeads
+    self.decoderMlpRatio = decoderMlpRatio
+    self.decoder = decoder
+    self.predictionDim = predictionDim
+  }
+}
+
+public final class MILANModel: Module {
+  public let config: MILANConfig
+  public let encoder: VisionTransformer
+  public let maskToken: Parameter        // [1, 1, d]
+  public let decoderEmbed: Linear
+  public let decoderPosEmbed: Parameter  // [1, 1 + L, d], fixed sin-cos
+  public let promptingBlocks: ModuleList<PromptingBlock>?
+  public let maeBlocks: ModuleList<Block>?
+  public let decoderNorm: LayerNorm
+  public let decoderPred: Linear
+
+  public init(_ c: MILANConfig, seed: UInt64 = 0) {
+    precondition(c.encoder.numClasses == 0 && c.encoder.globalPool == .token,
+                 "MILAN's encoder has no head and keeps the final norm")
+    config = c
+    encoder = VisionTransformer(c.encoder, seed: seed)
+    let d = c.decoderDim, l = c.encoder.numPatches
+    maskToken = Parameter(Tensor(zeros: [1, 1, d]), name: "mask_token")
+    decoderEmbed = Linear(c.encoder.embedDim, d)
+    decoderPosEmbed = Parameter(Tensor(zeros: [1, 1 + l, d]), name: "decoder_pos_embed", trainable: false)
+    let hidden = Int(Double(d) * c.decoderMlpRatio)
+    switch c.decoder {
+    case .prompting:
+      promptingBlocks = ModuleList((0..<c.decoderDepth).map { _ in PromptingBlock(dim: d, heads: c.decoderHeads, mlpHidden: hidden) })
+      maeBlocks = nil
+    case .mae:
+      maeBlocks = ModuleList((0..<c.decoderDepth).map { _ in
+        Block(dim: d, numHeads: c.decoderHeads, mlpHidden: hidden, qkvBias: true, eps: 1e-6)
+      })
+      promptingBlocks = nil
+    }
+    decoderNorm = LayerNorm(d, eps: 1e-6)
+    decoderPred = Linear(d, c.predictionDim)
+    initializeDecoder(seed: seed &+ 1)
+  }
+
+  public var parameters: [(String, Parameter)] {
+    encoder.parameters + [("mask_token", maskToken), ("decoder_pos_embed", decoderPosEmbed)]
+  }
+
+  public var children: [(String, any Module)] {
+    var c = encoder.children
+    c.append(("decoder_embed", decoderEmbed))
+    if let promptingBlocks { c.append(("decoder_blocks", promptingBlocks)) }
+    if let maeBlocks { c.append(("decoder_blocks", maeBlocks)) }
+    c += [("decoder_norm", decoderNorm), ("decoder_pred", decoderPred)]
+    return c
+  }
+
+  /// MAE initialize_weights for the decoder part: sin-cos decoder_pos_embed, normal(0.02) mask token,
+  /// xavier_uniform Linear weights, zero biases.
+  func initializeDecoder(seed: UInt64) {
+    var rng = SplitMix64(seed: seed)
+    let g = config.encoder.gridSize
+    decoderPosEmbed.value.assign(Init.sinCos2D(dim: config.decoderDim, gridH: g, gridW: g, classToken: true))
+    for i in 0..<maskToken.count { maskToken.value.data[i] = 0.02 * rng.nextNormal() }
+    var linears = [decoderEmbed, decoderPred]
+    for b in promptingBlocks?.items ?? [] { linears += [b.attn.q, b.attn.kv, b.attn.proj, b.mlp.fc1, b.mlp.fc2] }
+    for b in maeBlocks?.items ?? [] { linears += [b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2] }
+    for l in linears { Init.xavierUniform(l.weight.value, fanIn: l.inFeatures, fanOut: l.outFeatures, rng: &rng) }
+  }
+
+  /// Encoder on the kept patches: patch_embed + pos (before masking), gather ids_keep, prepend cls + pos[0],
+  /// blocks, norm → [B, 1 + K, D] (visible tokens in ids_keep order).
+  public func forwardEncoder(_ images: Variable, masking m: MaskingResult, training: Bool = true,
+                             rng: inout SplitMix64) -> Variable {
+    let l = config.encoder.numPatches
+    var x = encoder.patchEmbed(images) + sliceTokens(encoder.posEmbed, 1..<(1 + l))
+    x = gatherTokens(x, ids: m.idsKeep)
+    let cls = encoder.clsToken + sliceTokens(encoder.posEmbed, 0..<1)
+    x = concatTokens([cls, x])
+    for b in encoder.blocks.items { x = b(x, training: training, rng: &rng) }
+    return encoder.norm!(x)
+  }
+
+  /// Decoder → predictions for [cls, all L patches in spatial order]: [B, 1 + L, P] (prompting decoder), or
+  /// [B, L, P] patch predictions without the class token (MAE decoder).
+  public func forwardDecoder(_ latent: Variable, masking m: MaskingResult, rng: inout SplitMix64) -> Variable {
+    let b = latent.shape[0], k = m.lenKeep, l = config.encoder.numPatches
+    let z = decoderEmbed(latent)                                          // [B, 1 + K, d]
+    let dpos = expandBatch(decoderPosEmbed, to: b)                        // [B, 1 + L, d] (fixed)
+    let dposPatches = sliceTokens(dpos, 1..<(1 + l))
+    let zCls = sliceTokens(z, 0..<1) + sliceTokens(decoderPosEmbed, 0..<1)
+    let zVisible = sliceTokens(z, 1..<(1 + k)) + gatherTokens(dposPatches, ids: m.idsKeep)
+    let masked = gatherTokens(dposPatches, ids: m.idsDump) + maskToken    // [B, M, d]
+    switch config.decoder {
+    case .prompting:
+      var x = masked
+      for blk in promptingBlocks!.items { x = blk(x, zCls: zCls, zVisible: zVisible, idsRestore: m.idsRestore) }
+      let full = concatTokens([zCls, gatherTokens(concatTokens([zVisible, x]), ids: m.idsRestore)])
+      return decoderPred(decoderNorm(full))
+    case .mae:
+      var x = concatTokens([zCls, gatherTokens(concatTokens([zVisible, masked]), ids: m.idsRestore)])
+      for blk in maeBlocks!.items { x = blk(x, training: false, rng: &rng) }
+      return sliceTokens(decoderPred(decoderNorm(x)), 1..<(1 + l))
+    }
+  }
+}
+
+/// MAE patchify: images [B, C, H, W] → [B, L, p·p·C] ordered (row in patch, column in patch, channel).
+public func patchify(_ images: Tensor, patch p: Int) -> Tensor {
+  let b = images.shape[0], c = images.shape[1], h = images.shape[2] / p, w = images.shape[3] / p
+  let out = Tensor(uninitialized: [b, h * w, p * p * c])
+  for n in 0..<b {
+    for i in 0..<h {
+      for j in 0..<w {
+        let row = out.data + ((n * h + i) * w + j) * p * p * c
+        for r in 0..<p {
+          for q in 0..<p {
+            for ch in 0..<c {
+              row[(r * p + q) * c + ch] = images.data[((n * c + ch) * images.shape[2] + i * p + r) * images.shape[3] + j * p + q]
+            }
+          }
+        }
+      }
+    }
+  }
+  return out
+}
+
+/// MAE norm_pix_loss target: per patch (t − mean) / sqrt(var + 1e-6) with the unbiased variance (torch.var).
+public func normalizedPixelTarget(_ patches: Tensor) -> Tensor {
+  let n = patches.lastDim, rows = patches.rows
+  let out = Tensor(uninitialized: patches.shape)
+  for r in 0..<rows {
+    let x = patches.data + r * n, y = out.data + r * n
+    var mean: Double = 0
+    for i in 0..<n { mean += Double(x[i]) }
+    mean /= Double(n)
+    var v: Double = 0
+    for i in 0..<n { v += (Double(x[i]) - mean) * (Double(x[i]) - mean) }
+    v /= Double(n - 1)
+    let inv = 1 / (v + 1e-6).squareRoot()
+    for i in 0..<n { y[i] = Float((Double(x[i]) - mean) * inv) }
+  }
+  return out
+}
+
+/// MAE pixel loss: Σ mask·mean((pred − target)²) / Σ mask. pred, target [B, L, P]; mask [B·L] (1 = removed).
+public func maskedPixelLoss(_ pred: Variable, target: Tensor, mask: [Float]) -> Variable {
+  let diff = pred - Variable(target)
+  let perPatch = (diff * diff).mean(axis: 2)                        // [B, L]
+  let m = Variable(Tensor(shape: perPatch.shape, values: mask))
+  let total = mask.reduce(0, +)
+  return (perPatch * m).sum().affine(1 / total)
+}
