@@ -127,3 +127,119 @@ struct StepFixture {
     #expect(!model.decoderPosEmbed.requiresGrad && !model.encoder.posEmbed.requiresGrad)
   }
 }
+
+@Suite struct MILANOptimizerTests {
+  func model(_ f: StepFixture, _ decoder: MILANConfig.Decoder) throws -> MILANModel {
+    let m = MILANModel(MILANStepTests.config(decoder))
+    try m.load(try f.prefixed("model."))
+    return m
+  }
+
+  func teacher() throws -> CLIPVisionTeacher {
+    let clipFile = try SafeTensorsFile(contentsOf: Fixtures.url("models/clip_openclip.safetensors"))
+    let t = CLIPVisionTeacher(CLIPVisionConfig(imageSize: 32, patchSize: 8, width: 48, layers: 2, heads: 3, outputDim: 24))
+    try t.loadCLIP(try loadPrefixed(clipFile, prefix: "").filter { $0.key.hasPrefix("visual.") })
+    return t
+  }
+
+  /// Loss of one step of `variant` on images [B, 3, 32, 32] with the given noise; backward included.
+  func step(_ model: MILANModel, _ teacher: CLIPVisionTeacher?, images: Tensor, noise: Tensor,
+            variant: String) -> Float {
+    var rng = SplitMix64(seed: 0)
+    switch variant {
+    case "mae_pixel":
+      let m = Masking.random(noise: noise, maskRatio: 0.75)
+      let pred = model.forwardDecoder(model.forwardEncoder(Variable(images), masking: m, rng: &rng), masking: m, rng: &rng)
+      let loss = maskedPixelLoss(pred, target: normalizedPixelTarget(patchify(images, patch: 8)), mask: m.mask)
+      loss.backward()
+      return loss.value.data[0]
+    default:
+      let t = teacher!.encode(images)
+      let m = variant == "milan"
+        ? Masking.semanticAware(importance: t.clsAttention, expNoise: noise, maskRatio: 0.75)
+        : Masking.random(noise: noise, maskRatio: 0.75)
+      let pred = model.forwardDecoder(model.forwardEncoder(Variable(images), masking: m, rng: &rng), masking: m, rng: &rng)
+      let loss = cosineLoss(pred, target: t.features)
+      loss.backward()
+      return loss.value.data[0]
+    }
+  }
+
+  func run(_ variant: String) throws {
+    let f = try StepFixture(variant)
+    let decoder: MILANConfig.Decoder = variant == "mae_pixel" ? .mae : .prompting
+    let noiseKey = variant == "milan" ? "exp_noise" : "uniform_noise"
+    let teacher = variant == "mae_pixel" ? nil : try teacher()
+
+    // One AdamW step (lr 1e-3, betas 0.9/0.95, wd 0.05 with MAE's groups) from the fixture's gradients.
+    let m1 = try model(f, decoder)
+    _ = step(m1, teacher, images: try f.tensor("images"), noise: try f.tensor(noiseKey), variant: variant)
+    let opt = AdamW(groups: ParamGroup.weightDecayGroups(m1.namedParameters(), weightDecay: 0.05), lr: 1e-3,
+                    beta1: 0.9, beta2: 0.95)
+    opt.step()
+    let updated = try f.prefixed("updated.")
+    let refGrads = try f.prefixed("grad.")
+    #expect(Set(opt.groups.flatMap { $0.parameters.map(\.0) }) == Set(updated.keys))
+    // Adam's first step moves each weight by ≈ lr·sign(g) whatever |g| is, so entries whose gradient is rounding
+    // noise in both frameworks (e.g. the key biases, whose exact gradient is 0 because softmax ignores a constant
+    // added to every score) move by an arbitrary ±lr, and entries with |g| near ε = 1e-8 are ill-conditioned.
+    // Entries with a real gradient (≥ 1e-3 of the tensor's largest and ≥ 100·ε) must match tightly; the others only
+    // within the step bound 2·lr.
+    var strict = 0, noiseCount = 0
+    for (key, p) in m1.trainableParameters() {
+      let ours = p.value.toArray(), ref = updated[key]!.toArray(), g = refGrads[key]!.toArray()
+      let gmax = g.map(abs).max() ?? 0
+      var worst: Float = 0, worstNoise: Float = 0
+      for i in 0..<ours.count {
+        let d = abs(ours[i] - ref[i])
+        if abs(g[i]) >= max(1e-3 * gmax, 100 * 1e-8) {  // and far above eps, where g/(|g| + eps) is stable
+          strict += 1
+          worst = max(worst, d - (1e-6 + 1e-5 * abs(ref[i])))
+        } else {
+          noiseCount += 1
+          worstNoise = max(worstNoise, d)
+        }
+      }
+      #expect(worst <= 0, "\(variant) AdamW \(key): update differs beyond tolerance by \(worst)")
+      #expect(worstNoise <= 2.05e-3, "\(variant) AdamW \(key): noise-gradient entry moved \(worstNoise) > 2·lr")
+    }
+    print("ok  \(variant) AdamW one step: \(strict) entries with real gradients match (atol 1e-6, rtol 1e-5); "
+      + "\(noiseCount) noise-level entries within 2·lr")
+
+    // Ten steps on fresh batches: the loss trajectory matches.
+    let m10 = try model(f, decoder)
+    let opt10 = AdamW(groups: ParamGroup.weightDecayGroups(m10.namedParameters(), weightDecay: 0.05), lr: 1e-3,
+                      beta1: 0.9, beta2: 0.95)
+    let images = try f.tensor("images_10"), noise = try f.tensor("\(noiseKey)_10")
+    var losses: [Float] = []
+    for s in 0..<10 {
+      let img = images.slice(s..<(s + 1)).reshaped([2, 3, 32, 32]).copy()
+      let nz = noise.slice(s..<(s + 1)).reshaped([2, 16]).copy()
+      losses.append(step(m10, teacher, images: img, noise: nz, variant: variant))
+      opt10.step()
+      opt10.zeroGrad()
+    }
+    #expect(compare(losses, (try f.tensor("losses_10")).toArray(), atol: 1e-5, rtol: 1e-4, "\(variant) 10-step losses").ok)
+  }
+
+  @Test func milanAdamWAndTenSteps() throws { try run("milan") }
+  @Test func randomMaskAdamWAndTenSteps() throws { try run("random_mask") }
+  @Test func maePixelAdamWAndTenSteps() throws { try run("mae_pixel") }
+
+  @Test func weightDecayGroupsFollowTimm() {
+    let m = MILANModel(MILANStepTests.config(.prompting))
+    let groups = ParamGroup.weightDecayGroups(m.namedParameters(), weightDecay: 0.05)
+    let decay = Set(groups[0].parameters.map(\.0)), noDecay = Set(groups[1].parameters.map(\.0))
+    #expect(decay.contains("cls_token") && decay.contains("mask_token") && decay.contains("blocks.0.attn.qkv.weight"))
+    #expect(noDecay.contains("blocks.0.norm1.weight") && noDecay.contains("decoder_pred.bias"))
+    #expect(!decay.contains("pos_embed") && !noDecay.contains("decoder_pos_embed"))
+  }
+
+  @Test func maeScheduleWarmsUpThenFollowsHalfCosine() {
+    #expect(maeLearningRate(epoch: 0, baseLR: 1e-3, warmupEpochs: 2, epochs: 10) == 0)
+    #expect(abs(maeLearningRate(epoch: 1, baseLR: 1e-3, warmupEpochs: 2, epochs: 10) - 5e-4) < 1e-15)
+    #expect(abs(maeLearningRate(epoch: 2, baseLR: 1e-3, warmupEpochs: 2, epochs: 10) - 1e-3) < 1e-15)
+    #expect(abs(maeLearningRate(epoch: 6, baseLR: 1e-3, warmupEpochs: 2, epochs: 10) - 5e-4) < 1e-12)
+    #expect(abs(maeLearningRate(epoch: 10, baseLR: 1e-3, minLR: 1e-5, warmupEpochs: 2, epochs: 10) - 1e-5) < 1e-12)
+  }
+}
