@@ -30,6 +30,7 @@ let package = Package(
     .library(name: "MilanAutograd", targets: ["MilanAutograd"]),
     .library(name: "MilanNN", targets: ["MilanNN"]),
     .library(name: "MilanModels", targets: ["MilanModels"]),
+    .library(name: "MilanData", targets: ["MilanData"]),
     .executable(name: "milan", targets: ["milan"]),
     .executable(name: "milan-bench", targets: ["milan-bench"]),
   ],
@@ -38,6 +39,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-numerics", from: "1.0.0"),
   ],
   targets: blasTargets + [
+    .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+    .target(name: "MilanData", dependencies: ["CZlib", "MilanTensor"]),
     .target(
       name: "CMilanKernels",
       cSettings: [.define("_GNU_SOURCE")],
@@ -77,6 +80,7 @@ let package = Package(
         .product(name: "RealModule", package: "swift-numerics"),
       ]),
     .testTarget(name: "MilanIOTests", dependencies: ["MilanIO"]),
+    .testTarget(name: "MilanDataTests", dependencies: ["MilanData", "MilanTensor"]),
     .testTarget(
       name: "MilanModelsTests",
       dependencies: ["MilanModels", "MilanNN", "MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),
