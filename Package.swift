@@ -41,6 +41,7 @@ let package = Package(
   targets: blasTargets + [
     .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
     .target(name: "MilanData", dependencies: ["CZlib", "MilanTensor"]),
+    .target(name: "MilanTrain", dependencies: ["MilanModels", "MilanData", "MilanNN", "MilanAutograd", "MilanIO", "MilanTensor"]),
     .target(
       name: "CMilanKernels",
       cSettings: [.define("_GNU_SOURCE")],
@@ -61,7 +62,7 @@ let package = Package(
     .executableTarget(
       name: "milan",
       dependencies: [
-        "MilanTensor", "MilanIO", "MilanAutograd", "MilanModels", "CMilanKernels",
+        "MilanTensor", "MilanIO", "MilanAutograd", "MilanModels", "MilanTrain", "CMilanKernels",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .executableTarget(
@@ -81,6 +82,7 @@ let package = Package(
       ]),
     .testTarget(name: "MilanIOTests", dependencies: ["MilanIO"]),
     .testTarget(name: "MilanDataTests", dependencies: ["MilanData", "MilanTensor"]),
+    .testTarget(name: "MilanTrainTests", dependencies: ["MilanTrain", "MilanIO", "MilanTensor"]),
     .testTarget(
       name: "MilanModelsTests",
       dependencies: ["MilanModels", "MilanNN", "MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),

@@ -39,7 +39,7 @@ public enum BLAS {
     #else
     let core = openblas_get_corename().map { String(cString: $0) } ?? "?"
     let cfg = openblas_get_config().map { String(cString: $0) } ?? "?"
-    return "OpenBLAS \(cfg) core=\(core)"
+    return "\(cfg) core=\(core)"
     #endif
   }
 

@@ -1,0 +1,59 @@
+// Checkpoints: `model.safetensors` (the reference MILAN state-dict keys), `optimizer.safetensors`
+// (`<key>.exp_avg`, `<key>.exp_avg_sq`) and `state.json` (epoch, step, RNG, config). Every file is written to a
+// temporary name and renamed, so an interrupted write never leaves a broken checkpoint behind.
+import Foundation
+import MilanIO
+import MilanModels
+import MilanNN
+import MilanTensor
+
+public struct TrainState: Codable, Sendable, Equatable {
+  public var epoch: Int
+  public var step: Int
+  public var rng: SplitMix64
+  public var config: PretrainConfig
+  public var lastLoss: Double?
+}
+
+public enum Checkpoint {
+  public static func save(model: MILANModel, optimizer: AdamW, state: TrainState, to dir: URL) throws {
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    let sorted = JSONEncoder()
+    sorted.outputFormatting = [.sortedKeys]  // deterministic bytes: equal runs give equal files
+    let configJSON = String(decoding: try sorted.encode(state.config.model), as: UTF8.self)
+    var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.config": configJSON])
+    for (k, p) in model.namedParameters() { try w.add(name: k, tensor: p.value) }
+    var o = SafeTensorsWriter(metadata: ["format": "pt", "step": String(optimizer.stepCount)])
+    for (k, s) in optimizer.state.sorted(by: { $0.key < $1.key }) {
+      try o.add(name: k + ".exp_avg", tensor: s.expAvg)
+      try o.add(name: k + ".exp_avg_sq", tensor: s.expAvgSq)
+    }
+    // Optimizer and model first, state.json last: a state file always refers to complete weights.
+    try o.write(to: dir.appendingPathComponent("optimizer.safetensors"))
+    try w.write(to: dir.appendingPathComponent("model.safetensors"))
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try enc.encode(state).write(to: dir.appendingPathComponent("state.json"), options: .atomic)
+  }
+
+  /// Loads weights, optimizer moments and the training state saved by `save`.
+  public static func load(into model: MILANModel, optimizer: AdamW, from dir: URL) throws -> TrainState {
+    let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: dir.appendingPathComponent("state.json")))
+    let mf = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors"))
+    var weights: [String: Tensor] = [:]
+    for t in mf.tensors { weights[t.name] = try mf.tensor(t.name) }
+    try model.load(weights)
+    let of = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("optimizer.safetensors"))
+    var moments: [String: (expAvg: Tensor, expAvgSq: Tensor)] = [:]
+    for (k, p) in model.trainableParameters() {
+      guard (try? of.info(k + ".exp_avg")) != nil else { continue }
+      let m = try of.tensor(k + ".exp_avg"), v = try of.tensor(k + ".exp_avg_sq")
+      guard m.shape == p.shape, v.shape == p.shape else {
+        throw LoadError(missing: [], unexpected: [], mismatched: ["\(k) optimizer state \(m.shape) vs \(p.shape)"])
+      }
+      moments[k] = (m, v)
+    }
+    optimizer.restore(state: moments, stepCount: Int(of.metadata["step"] ?? "") ?? state.step)
+    return state
+  }
+}
