@@ -82,7 +82,7 @@ let package = Package(
       ]),
     .testTarget(name: "MilanIOTests", dependencies: ["MilanIO"]),
     .testTarget(name: "MilanDataTests", dependencies: ["MilanData", "MilanTensor"]),
-    .testTarget(name: "MilanTrainTests", dependencies: ["MilanTrain", "MilanIO", "MilanTensor"]),
+    .testTarget(name: "MilanTrainTests", dependencies: ["MilanTrain", "MilanIO", "MilanTensor", "MilanTestSupport"]),
     .testTarget(
       name: "MilanModelsTests",
       dependencies: ["MilanModels", "MilanNN", "MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),

@@ -72,3 +72,7 @@ public enum Fixtures {
     root.appendingPathComponent("Tests/Fixtures").appendingPathComponent(relative)
   }
 }
+
+/// Held by tests that switch the process-wide SIMD code path (`milan_set_simd_level`) and by tests that compare two
+/// runs bit for bit, so that the two never overlap when test suites run in parallel.
+public let simdLevelLock = NSLock()

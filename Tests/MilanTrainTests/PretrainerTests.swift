@@ -4,6 +4,7 @@
 import Foundation
 import MilanIO
 import MilanTensor
+import MilanTestSupport
 import MilanTrain
 import Testing
 
@@ -39,6 +40,8 @@ func tempDir(_ name: String) -> URL {
                              "needs dataset-fashion-mnist and scripts/fetch-teacher.sh (scripts/test.sh does both)"))
 struct PretrainerTests {
   @Test func resumeEqualsUninterruptedRun() throws {
+    simdLevelLock.lock()  // no test may switch the SIMD code path between the two runs
+    defer { simdLevelLock.unlock() }
     let a = tempDir("uninterrupted"), b = tempDir("resumed")
     defer { try? FileManager.default.removeItem(at: a); try? FileManager.default.removeItem(at: b) }
     let full = try Pretrainer(tinyConfig(a, epochs: 2), log: { _ in })
