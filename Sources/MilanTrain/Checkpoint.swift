@@ -9,7 +9,12 @@ import MilanTensor
 
 public struct TrainState: Codable, Sendable, Equatable {
   public var epoch: Int
+  /// Optimizer steps taken.
   public var step: Int
+  /// Iterations already done inside `epoch` (non-zero only for a checkpoint written on interruption).
+  public var iteration: Int = 0
+  /// Generator state before `epoch`'s shuffle, so an interrupted epoch resumes with the same order.
+  public var epochRNG: SplitMix64? = nil
   public var rng: SplitMix64
   public var config: PretrainConfig
   public var lastLoss: Double?

@@ -4,6 +4,9 @@
 // gradient accumulation; atomic checkpoints at every epoch end; a JSON-lines log; a non-finite loss stops the run and
 // keeps the last good checkpoint.
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import MilanAutograd
 import MilanData
 import MilanModels
@@ -47,6 +50,22 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
   }
 }
 
+/// SIGINT / SIGTERM set a flag that the training loop checks after every iteration: it then writes a checkpoint
+/// (resumable mid-epoch) and returns.
+public enum StopSignal {
+  nonisolated(unsafe) static var flag: sig_atomic_t = 0
+  nonisolated(unsafe) static var installed = false
+
+  public static var requested: Bool { flag != 0 }
+
+  public static func install() {
+    guard !installed else { return }
+    installed = true
+    signal(SIGINT) { _ in StopSignal.flag = 1 }
+    signal(SIGTERM) { _ in StopSignal.flag = 1 }
+  }
+}
+
 public enum PretrainError: Error, CustomStringConvertible {
   case nonFiniteLoss(step: Int, epoch: Int, loss: Float, checkpoint: String?)
   case gridMismatch(student: Int, teacher: Int)
@@ -70,6 +89,10 @@ public final class Pretrainer {
   let teacher: any Teacher
   let data: IDXDataset
   let log: (String) -> Void
+  /// Checked after every iteration; true makes the run save a checkpoint and return (Ctrl-C, SIGTERM, tests).
+  public var shouldStop: () -> Bool = { StopSignal.requested }
+  /// Whether the last `run` ended early because `shouldStop` said so.
+  public private(set) var interrupted = false
 
   public init(_ c: PretrainConfig, log: @escaping (String) -> Void = { print($0) }) throws {
     config = c
@@ -131,11 +154,18 @@ public final class Pretrainer {
     let t0 = Date()
     var images = 0
 
+    interrupted = false
     while state.epoch < c.epochs {
       var order = Array(0..<indices.count)
-      order.shuffle(using: &state.rng)
+      let resumeAt = state.iteration
+      if resumeAt > 0, var epochRNG = state.epochRNG {
+        order.shuffle(using: &epochRNG)  // the interrupted epoch's order; state.rng continues where it stopped
+      } else {
+        state.epochRNG = state.rng
+        order.shuffle(using: &state.rng)
+      }
       optimizer.zeroGrad()
-      for it in 0..<stepsPerEpoch {
+      for it in resumeAt..<stepsPerEpoch {
         let batch = Array(order[(it * c.batchSize)..<((it + 1) * c.batchSize)])
         let epochF = Double(state.epoch) + Double(it) / Double(stepsPerEpoch)
         if it % c.accumulation == 0 {
@@ -184,8 +214,17 @@ public final class Pretrainer {
         if let d = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) {
           logFile.write(d + Data("\n".utf8))
         }
+        state.iteration = it + 1
+        if shouldStop() && (it + 1) % c.accumulation == 0 && it + 1 < stepsPerEpoch {
+          try Checkpoint.save(model: model, optimizer: optimizer, state: state, to: out)
+          log("interrupted: checkpoint written to \(out.path) (epoch \(state.epoch + 1), iteration \(it + 1)); "
+            + "continue with --resume")
+          interrupted = true
+          return state
+        }
       }
       state.epoch += 1
+      state.iteration = 0
       try Checkpoint.save(model: model, optimizer: optimizer, state: state, to: out)
       lastCheckpoint = out.path
     }

@@ -63,10 +63,12 @@ extension Milan {
       var start: TrainState? = nil
       if resume {
         start = try Checkpoint.load(into: trainer.model, optimizer: trainer.optimizer, from: URL(fileURLWithPath: output))
-        say("resuming at epoch \(start!.epoch), step \(start!.step)")
+        say("resuming at epoch \(start!.epoch + 1), iteration \(start!.iteration), optimizer step \(start!.step)")
       }
+      StopSignal.install()
       let t0 = Date()
       let final = try trainer.run(from: start)
+      if trainer.interrupted { return }
       say(String(format: "done in %.0f s: final loss %.4f", Date().timeIntervalSince(t0), final.lastLoss ?? .nan))
       say("checkpoint: \(output)/model.safetensors (+ optimizer.safetensors, state.json); log: \(output)/log.jsonl")
       say("encoder for timm: milan convert \(output)/model.safetensors -o encoder.safetensors")

@@ -86,3 +86,27 @@ struct PretrainerTests {
     #expect(try Data(contentsOf: dir.appendingPathComponent("state.json")) == stateBefore)
   }
 }
+
+extension PretrainerTests {
+  @Test func interruptionMidEpochThenResumeEqualsUninterruptedRun() throws {
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
+    let a = tempDir("whole"), b = tempDir("interrupted")
+    defer { try? FileManager.default.removeItem(at: a); try? FileManager.default.removeItem(at: b) }
+    let full = try Pretrainer(tinyConfig(a, epochs: 2), log: { _ in })
+    let finalA = try full.run()
+
+    // Stop after 4 iterations (inside the second epoch), as Ctrl-C would, then resume.
+    let first = try Pretrainer(tinyConfig(b, epochs: 2), log: { _ in })
+    var calls = 0
+    first.shouldStop = { calls += 1; return calls == 4 }
+    let stopped = try first.run()
+    #expect(first.interrupted && stopped.epoch == 1 && stopped.iteration == 1 && stopped.step == 4)
+    let second = try Pretrainer(tinyConfig(b, epochs: 2), log: { _ in })
+    second.shouldStop = { false }
+    let finalB = try second.run(from: try Checkpoint.load(into: second.model, optimizer: second.optimizer, from: b))
+    #expect(finalB.step == finalA.step && finalB.lastLoss == finalA.lastLoss && finalB.rng == finalA.rng)
+    #expect(try Data(contentsOf: a.appendingPathComponent("model.safetensors"))
+      == Data(contentsOf: b.appendingPathComponent("model.safetensors")))
+  }
+}
