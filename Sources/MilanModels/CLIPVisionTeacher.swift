@@ -127,18 +127,11 @@ public final class CLIPVisionTower: Module {
       x = concatTokens([classEmbedding.reshaped([1, 1, d]), x])
       x = x + Variable(positionTable(positionalEmbedding.value, grid: c.gridSize, gridH: gh, gridW: gw,
                                      antialias: false))
-      x = lnPre(x)
-      var probs: Tensor? = nil
-      for (i, blk) in transformer.resblocks.items.enumerated() {
-        let last = i == c.layers - 1
-        let (h, p) = blk(x, headMeanProbs: last)
-        x = h
-        if last { probs = p }
-      }
-      x = lnPost(x)
+      let (h, probs) = runBlocksKeepingLastAttention(lnPre(x), transformer.resblocks.items) { $0($1, headMeanProbs: $2) }
+      x = lnPost(h)
       let projT = Variable(proj.value.transposed(0, 1))  // [C, D] for linear()
       let feats = linear(x, projT)
-      return TeacherOutput(features: feats.value, clsAttention: clsAttentionRow(probs!))
+      return TeacherOutput(features: feats.value, clsAttention: clsAttentionRow(probs))
     }
   }
 

@@ -157,14 +157,8 @@ public final class DINOv2Teacher: Module, Teacher {
                          bias: embeddings.patchEmbeddings.projection.bias)
       x = concatTokens([embeddings.clsToken, x])
       x = x + Variable(positionTable(gridH: gh, gridW: gw))
-      var probs: Tensor? = nil
-      for (i, l) in encoder.layer.items.enumerated() {
-        let last = i == config.layers - 1
-        let (h, pr) = l(x, headMeanProbs: last)
-        x = h
-        if last { probs = pr }
-      }
-      return TeacherOutput(features: layernorm(x).value, clsAttention: clsAttentionRow(probs!))
+      let (h, probs) = runBlocksKeepingLastAttention(x, encoder.layer.items) { $0($1, headMeanProbs: $2) }
+      return TeacherOutput(features: layernorm(h).value, clsAttention: clsAttentionRow(probs))
     }
   }
 }

@@ -39,3 +39,18 @@ func positionTable(_ table: Tensor, grid g: Int, gridH: Int, gridW: Int, antiali
                           into: out.data + d)
   return out
 }
+
+/// Runs `blocks` in order; only the last one is asked for its head-averaged attention, which is returned with the
+/// output.
+func runBlocksKeepingLastAttention<B>(_ x: Variable, _ blocks: [B],
+                                      _ call: (B, Variable, Bool) -> (Variable, Tensor?)) -> (Variable, Tensor) {
+  var x = x
+  var probs: Tensor? = nil
+  for (i, blk) in blocks.enumerated() {
+    let last = i == blocks.count - 1
+    let (h, p) = call(blk, x, last)
+    x = h
+    if last { probs = p }
+  }
+  return (x, probs!)
+}
