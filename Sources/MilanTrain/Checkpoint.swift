@@ -18,6 +18,31 @@ public struct TrainState: Codable, Sendable, Equatable {
   public var rng: SplitMix64
   public var config: PretrainConfig
   public var lastLoss: Double?
+
+  public init(epoch: Int, step: Int, iteration: Int = 0, epochRNG: SplitMix64? = nil, rng: SplitMix64,
+              config: PretrainConfig, lastLoss: Double?) {
+    self.epoch = epoch
+    self.step = step
+    self.iteration = iteration
+    self.epochRNG = epochRNG
+    self.rng = rng
+    self.config = config
+    self.lastLoss = lastLoss
+  }
+
+  enum CodingKeys: String, CodingKey { case epoch, step, iteration, epochRNG, rng, config, lastLoss }
+
+  /// Older state files (written at epoch ends only) have no `iteration` / `epochRNG`.
+  public init(from decoder: Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    epoch = try c.decode(Int.self, forKey: .epoch)
+    step = try c.decode(Int.self, forKey: .step)
+    iteration = try c.decodeIfPresent(Int.self, forKey: .iteration) ?? 0
+    epochRNG = try c.decodeIfPresent(SplitMix64.self, forKey: .epochRNG)
+    rng = try c.decode(SplitMix64.self, forKey: .rng)
+    config = try c.decode(PretrainConfig.self, forKey: .config)
+    lastLoss = try c.decodeIfPresent(Double.self, forKey: .lastLoss)
+  }
 }
 
 public enum Checkpoint {

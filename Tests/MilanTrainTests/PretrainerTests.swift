@@ -110,3 +110,27 @@ extension PretrainerTests {
       == Data(contentsOf: b.appendingPathComponent("model.safetensors")))
   }
 }
+
+@Suite struct KNNTests {
+  @Test func separatesClustersAndIsAtChanceOnNoise() {
+    var rng = SplitMix64(seed: 4)
+    func cluster(_ n: Int, classes: Int, spread: Float) -> (Tensor, [Int]) {
+      let d = 16
+      let t = Tensor(uninitialized: [n, d])
+      var labels: [Int] = []
+      for i in 0..<n {
+        let c = i % classes
+        labels.append(c)
+        for j in 0..<d { t.data[i * d + j] = (j % classes == c ? 3 : 0) + spread * rng.nextNormal() }
+      }
+      return (t, labels)
+    }
+    let (bank, bl) = cluster(400, classes: 4, spread: 0.5)
+    let (queries, ql) = cluster(200, classes: 4, spread: 0.5)
+    #expect(KNN.accuracy(bank: bank, bankLabels: bl, queries: queries, queryLabels: ql, classes: 4) > 0.98)
+    // Labels unrelated to the features: about 1/4.
+    let shuffled = bl.shuffled(using: &rng)
+    let chance = KNN.accuracy(bank: bank, bankLabels: shuffled, queries: queries, queryLabels: ql, classes: 4)
+    #expect(chance > 0.1 && chance < 0.4, "accuracy with random labels \(chance)")
+  }
+}
