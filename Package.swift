@@ -68,7 +68,7 @@ let package = Package(
     .executableTarget(
       name: "milan-bench",
       dependencies: [
-        "MilanTensor", "MilanAutograd", "MilanModels",
+        "MilanTensor", "MilanAutograd", "MilanModels", "MilanNN",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "bench/Sources/milan-bench"),

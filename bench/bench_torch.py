@@ -207,6 +207,56 @@ def teacher_cases(cfg):
             yield "teacher_fwd", conf, fwd, None, None
 
 
+def milan_step_cases(cfg):
+    """One MILAN training step with the reference model (tools/milan_reference.py): teacher forward under no_grad,
+    semantic-aware masking from Exp(1) draws, encoder, prompting decoder, 2 - 2cos loss, backward, AdamW step."""
+    steps = cfg.get("milan_steps", [])
+    if not steps:
+        return
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tools"))
+    import milan_reference as ref
+    for st in steps:
+        conf = f"{st['name']} B={st['batch']} {st['image']}px"
+        model = ref.MaskedAutoencoderViT(
+            img_size=st["image"], patch_size=st["patch"], embed_dim=st["embed"], depth=st["depth"],
+            num_heads=st["heads"], decoder_embed_dim=st["dec_dim"], decoder_depth=st["dec_depth"],
+            decoder_num_heads=st["dec_heads"], use_clip=True, attn_mask=True, change_decoder=True,
+            pred_dim=st["pred_dim"])
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
+                                weight_decay=0.05)
+        simgs = randn(st["batch"], 3, st["image"], st["image"])
+        timgs = simgs if st["teacher_image"] == st["image"] else randn(st["batch"], 3, st["teacher_image"],
+                                                                         st["teacher_image"])
+        L = (st["image"] // st["patch"]) ** 2
+        if st["teacher"] == "clip_vit_b16":
+            _torchvision_workaround()
+            import open_clip
+            v = open_clip.create_model("ViT-B-16", pretrained=None).visual.eval()
+
+            def teach(x, v=v):
+                return clip_milan_forward(v, x)
+        else:
+            from transformers import Dinov2Config, Dinov2Model
+            c = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14,
+                             image_size=518, layer_norm_eps=1e-6)
+            c._attn_implementation = "eager"
+            m = Dinov2Model(c).eval()
+
+            def teach(x, m=m):
+                out = m(pixel_values=x, output_attentions=True)
+                return out.last_hidden_state, out.attentions[-1].mean(1)[:, 0, 1:]
+
+        def step(model=model, opt=opt, simgs=simgs, timgs=timgs, L=L, teach=teach, B=st["batch"]):
+            with torch.no_grad():
+                target, importance = teach(timgs)
+            noise = torch.empty(B, L).exponential_()
+            out = model(simgs, 0.75, noise=noise, target=target, importance=importance)
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad()
+        yield "milan_step", conf, step, None, None
+
+
 def all_cases(cfg):
     yield from gemm_cases(cfg)
     yield from attention_cases(cfg)
@@ -214,6 +264,7 @@ def all_cases(cfg):
     yield from unary_cases(cfg, "gelu", "gelu", "D", lambda x: F.gelu(x))
     yield from unary_cases(cfg, "softmax", "softmax", "L", lambda x: torch.softmax(x, dim=-1))
     yield from teacher_cases(cfg)
+    yield from milan_step_cases(cfg)
 
 
 def sdpa_kernels(cfg):

@@ -21,6 +21,8 @@ FAMILIES = [  # (title, op prefix)
     ("GELU (exact erf)", "gelu_"),
     ("Softmax (last dim)", "softmax_"),
     ("Teacher forward (features of every token + last-block class attention)", "teacher_"),
+    ("One MILAN training step (teacher forward, masking, encoder, prompting decoder, loss, backward, AdamW)",
+     "milan_step"),
 ]
 
 

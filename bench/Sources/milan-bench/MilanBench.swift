@@ -7,6 +7,7 @@ import ArgumentParser
 import Foundation
 import MilanAutograd
 import MilanModels
+import MilanNN
 import MilanTensor
 
 struct Result: Codable {
@@ -16,6 +17,7 @@ struct Result: Codable {
   var median_ms: Double
   var gflops: Double?
   var calls: Int
+  var peak_mb: Double? = nil
 }
 
 struct Doc: Codable {
@@ -38,6 +40,11 @@ struct Config: Decodable {
   var softmax: [[Int]]
   struct TeacherCase: Decodable { var name: String, batch: Int, image: Int }
   var teachers: [TeacherCase]? = nil
+  struct StepCase: Decodable {
+    var name: String, embed: Int, depth: Int, heads: Int, patch: Int, image: Int, teacher: String
+    var teacher_image: Int, batch: Int, dec_dim: Int, dec_depth: Int, dec_heads: Int, pred_dim: Int
+  }
+  var milan_steps: [StepCase]? = nil
 }
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
@@ -238,6 +245,46 @@ struct MilanBench: ParsableCommand {
       }
       let images = Tensor.randn([t.batch, 3, t.image, t.image], rng: &rng)
       record("teacher_fwd", conf) { _ = teacher.encode(images) }
+    }
+
+    // One full MILAN training step: teacher forward (no grad), semantic-aware masking, student encoder and
+    // prompting decoder, 2 − 2·cos loss, backward, AdamW update.
+    for st in cfg.milan_steps ?? [] {
+      let conf = "\(st.name) B=\(st.batch) \(st.image)px"
+      let enc = ViTConfig(imageSize: st.image, patchSize: st.patch, embedDim: st.embed, depth: st.depth, numHeads: st.heads)
+      let model = MILANModel(MILANConfig(encoder: enc, decoderDim: st.dec_dim, decoderDepth: st.dec_depth,
+                                         decoderHeads: st.dec_heads, predictionDim: st.pred_dim))
+      let teacher: any Teacher
+      if st.teacher == "clip_vit_b16" {
+        var c = CLIPVisionConfig.vitB16
+        c.imageSize = st.teacher_image
+        teacher = CLIPVisionTeacher(c)
+      } else if let onnx = onnxPath, FileManager.default.fileExists(atPath: onnx) {
+        teacher = try DINOv2ONNX.load(URL(fileURLWithPath: onnx))
+      } else {
+        teacher = DINOv2Teacher(.small14)
+      }
+      let opt = AdamW(groups: ParamGroup.weightDecayGroups(model.namedParameters(), weightDecay: 0.05), lr: 1e-4,
+                      beta1: 0.9, beta2: 0.95)
+      let simgs = Tensor.randn([st.batch, 3, st.image, st.image], rng: &rng)
+      let timgs = st.teacher_image == st.image ? simgs : Tensor.randn([st.batch, 3, st.teacher_image, st.teacher_image], rng: &rng)
+      let l = enc.numPatches
+      var stepRNG = SplitMix64(seed: 1)
+      BufferPool.shared.resetPeak()
+      let before = BufferPool.shared.stats.live
+      record("milan_step", conf) {
+        let t = teacher.encode(timgs)
+        let m = Masking.semanticAware(importance: t.clsAttention, expNoise: Masking.expNoise([st.batch, l], rng: &stepRNG),
+                                      maskRatio: 0.75)
+        let pred = model.forwardDecoder(model.forwardEncoder(Variable(simgs), masking: m, rng: &stepRNG), masking: m,
+                                        rng: &stepRNG)
+        cosineLoss(pred, target: t.features).backward()
+        opt.step()
+        opt.zeroGrad()
+      }
+      let peak = Double(BufferPool.shared.stats.peak - before) / 1e6
+      results[results.count - 1].peak_mb = peak
+      FileHandle.standardError.write("  peak tensor memory during the step: \(String(format: "%.0f", peak)) MB\n".data(using: .utf8)!)
     }
 
     let fmt = ISO8601DateFormatter()
