@@ -42,7 +42,13 @@ public final class BufferPool: @unchecked Sendable {
   private let lock = NSLock()
   private var bins: [Int: [UnsafeMutablePointer<Float>]] = [:]
   private var cached = 0
-  private var limit = 6 << 30
+  /// `MILAN_POOL_MB` overrides the default cap of 6 GiB of cached (released, reusable) buffers. A smaller cap lowers
+  /// the resident memory and costs page faults on re-allocation (paper-config MILAN step: 6 GiB 3.77 GB RSS, 1 GiB
+  /// 3.55 GB and about 8 % slower, 256 MiB 3.33 GB and about 28 % slower).
+  private var limit: Int = {
+    if let s = ProcessInfo.processInfo.environment["MILAN_POOL_MB"], let mb = Int(s), mb >= 0 { return mb << 20 }
+    return 6 << 30
+  }()
   private var liveBytes = 0
   private var peak = 0
 
