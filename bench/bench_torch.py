@@ -20,6 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from reference_compat import skip_torchvision_fakes  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WARMUP = 3
 MIN_CALLS = 10
@@ -134,22 +137,6 @@ def unary_cases(cfg, key, name, dimname, f):
         yield f"{name}_fwdbwd", conf, fwdbwd, clear_grads(xg), None
 
 
-def _torchvision_workaround():
-    """The PyPI torchvision wheel is a CUDA build whose fake-op registrations fail against the CPU torch; skip them
-    (see tools/setup_reference_env.sh)."""
-    import torch.library as L
-    if getattr(L, "_milan_patched", False):
-        return
-    register_fake = L.register_fake
-
-    def skip(op, func=None, /, *args, **kwargs):
-        if isinstance(op, str) and op.startswith("torchvision::"):
-            return (lambda f: f) if func is None else func
-        return register_fake(op, func, *args, **kwargs)
-    L.register_fake = skip
-    L._milan_patched = True
-
-
 def clip_milan_forward(v, img):
     """MILAN's teacher forward on an open_clip visual tower (reference-milan.md section 1): ln_post and proj on every
     token, and the last block's head-averaged attention (class-token row, class column dropped). Same work as the
@@ -181,7 +168,7 @@ def teacher_cases(cfg):
         conf = f"{t['name']} B={t['batch']} {t['image']}px"
         img = randn(t["batch"], 3, t["image"], t["image"])
         if t["name"] == "clip_vit_b16":
-            _torchvision_workaround()
+            skip_torchvision_fakes()
             import open_clip
             model = open_clip.create_model("ViT-B-16", pretrained=None)  # random weights; speed is the same
             v = model.visual.eval()
@@ -229,7 +216,7 @@ def milan_step_cases(cfg):
                                                                          st["teacher_image"])
         L = (st["image"] // st["patch"]) ** 2
         if st["teacher"] == "clip_vit_b16":
-            _torchvision_workaround()
+            skip_torchvision_fakes()
             import open_clip
             v = open_clip.create_model("ViT-B-16", pretrained=None).visual.eval()
 

@@ -19,18 +19,9 @@ import sys
 import tempfile
 
 import torch
-import torch.library as L
+from reference_compat import skip_torchvision_fakes
 
-_register_fake = L.register_fake
-
-
-def _skip(op, func=None, /, *args, **kwargs):
-    if isinstance(op, str) and op.startswith("torchvision::"):
-        return (lambda f: f) if func is None else func
-    return _register_fake(op, func, *args, **kwargs)
-
-
-L.register_fake = _skip
+skip_torchvision_fakes()
 import timm  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -73,7 +64,6 @@ def main():
         report("MILAN encoder → timm vit_tiny_patch16_224 (strict)", (fresh.forward_features(x) - vit.forward_features(x)).abs().max().item(), 0)
 
     # 2. open_clip visual → timm CLIP ViT.
-    L.register_fake = _skip
     import open_clip
     clip = open_clip.create_model("ViT-B-16", pretrained=None).eval()
     vis = {"visual." + k: v for k, v in clip.visual.state_dict().items()}

@@ -17,6 +17,8 @@ import os
 import sys
 
 import torch
+
+from reference_compat import canonicalize_header
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
@@ -245,21 +247,6 @@ def tokens():
                 affine=affine, g_affine=g_affine, dx_affine=dx_affine)
 
 
-def canonicalize_header(path):
-    """safetensors writes __metadata__ from a hash map, so its key order changes run to run. Rewrite the header
-    with the metadata keys in a fixed order (same bytes otherwise, same header length) so output is reproducible."""
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n).decode("utf-8"))
-        header["__metadata__"] = {k: header["__metadata__"][k] for k in METADATA}
-        ordered = {"__metadata__": header.pop("__metadata__")}
-        ordered.update(header)  # tensor entries keep safetensors' own (deterministic) order
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        assert len(text) <= n, (path, len(text), n)
-        f.seek(8)
-        f.write(text + b" " * (n - len(text)))
-
-
 FILES = [matmul, activations, layernorm, softmax, attention, gather, patch_embed, losses, reductions, elementwise,
          tokens]
 
@@ -280,7 +267,7 @@ def main():
             tensors[name] = t
         path = os.path.join(args.out, fn.__name__ + ".safetensors")
         save_file(tensors, path, metadata=METADATA)
-        canonicalize_header(path)
+        canonicalize_header(path, METADATA)
         print(f"wrote {os.path.relpath(path, REPO)} ({len(tensors)} tensors, {os.path.getsize(path)} bytes)",
               file=sys.stderr)
         if args.list:

@@ -38,20 +38,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-# torchvision (imported by timm and open_clip) is a CUDA wheel whose C++ fake ops fail to register against the
-# CPU torch; skip them (see /work/shared/docs/data-and-weights.md, "PyTorch reference").
-import torch.library as _L
+from reference_compat import canonicalize_header, skip_torchvision_fakes  # noqa: E402
 
-_register_fake = _L.register_fake
-
-
-def _skip_torchvision_fakes(op, func=None, /, *args, **kwargs):
-    if isinstance(op, str) and op.startswith("torchvision::"):
-        return (lambda f: f) if func is None else func
-    return _register_fake(op, func, *args, **kwargs)
-
-
-_L.register_fake = _skip_torchvision_fakes
+skip_torchvision_fakes()
 
 import open_clip  # noqa: E402
 import timm  # noqa: E402
@@ -145,22 +134,6 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def canonicalize_header(path, metadata):
-    """Copied from tools/make_fixtures.py (metadata passed in): safetensors writes __metadata__ from a hash map, so
-    its key order changes run to run. Rewrite the header with the metadata keys in a fixed order (same bytes
-    otherwise, same header length) so output is reproducible."""
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n).decode("utf-8"))
-        header["__metadata__"] = {k: header["__metadata__"][k] for k in metadata}
-        ordered = {"__metadata__": header.pop("__metadata__")}
-        ordered.update(header)  # tensor entries keep safetensors' own (deterministic) order
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        assert len(text) <= n, (path, len(text), n)
-        f.seek(8)
-        f.write(text + b" " * (n - len(text)))
 
 
 # ----------------------------------------------------------------------------------------------- 1. timm ViT

@@ -1,0 +1,39 @@
+"""Shared helpers for the hand-run reference scripts (tools/*.py, bench/bench_torch.py). Never used by CI.
+
+- `skip_torchvision_fakes()`: the PyPI torchvision wheel (imported by timm and open_clip) is a CUDA build whose
+  fake-op registrations fail against the CPU torch; skip them (shared/docs/data-and-weights.md, "PyTorch
+  reference"). Call before importing torchvision, timm or open_clip. Idempotent.
+- `canonicalize_header(path, metadata_keys)`: safetensors writes __metadata__ from a hash map, so its key order
+  changes run to run; rewrite the header with the metadata keys in a fixed order (same length, same tensor bytes) so
+  fixture files are byte-reproducible.
+"""
+import json
+
+import torch.library as _L
+
+
+def skip_torchvision_fakes():
+    if getattr(_L, "_milan_patched", False):
+        return
+    register_fake = _L.register_fake
+
+    def skip(op, func=None, /, *args, **kwargs):
+        if isinstance(op, str) and op.startswith("torchvision::"):
+            return (lambda f: f) if func is None else func
+        return register_fake(op, func, *args, **kwargs)
+
+    _L.register_fake = skip
+    _L._milan_patched = True
+
+
+def canonicalize_header(path, metadata_keys):
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n).decode("utf-8"))
+        header["__metadata__"] = {k: header["__metadata__"][k] for k in metadata_keys}
+        ordered = {"__metadata__": header.pop("__metadata__")}
+        ordered.update(header)  # tensor entries keep safetensors' own (deterministic) order
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        assert len(text) <= n, (path, len(text), n)
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
