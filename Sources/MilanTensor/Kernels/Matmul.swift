@@ -82,17 +82,6 @@ extension Kernels {
     }
   }
 
-  /// y[r, :] += v for every row r (bias add), split over rows.
-  public static func addRowVector(_ y: UnsafeMutablePointer<Float>, _ v: UnsafePointer<Float>, rows: Int, cols: Int) {
-    nonisolated(unsafe) let y = y, v = v
-    Parallel.forEachChunk(rows, minChunk: max(1, (1 << 15) / max(cols, 1))) { r in
-      for i in r {
-        let yr = y + i * cols
-        for j in 0..<cols { yr[j] += v[j] }
-      }
-    }
-  }
-
   /// out[c] += Σ_r x[r, c], split over rows with per-part partial sums.
   public static func columnSumAccumulate(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
                                          rows: Int, cols: Int) {
