@@ -40,7 +40,11 @@ let package = Package(
   ],
   targets: blasTargets + [
     .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
-    .target(name: "MilanData", dependencies: ["CZlib", "MilanTensor"]),
+    // libjpeg-turbo and libpng report errors by longjmp, so the decoding calls live in a small C target.
+    .target(
+      name: "CMilanCodecs",
+      linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
+    .target(name: "MilanData", dependencies: ["CZlib", "CMilanCodecs", "MilanTensor"]),
     .target(name: "MilanTrain", dependencies: ["MilanModels", "MilanData", "MilanNN", "MilanAutograd", "MilanIO", "MilanTensor"]),
     .target(
       name: "CMilanKernels",
@@ -81,8 +85,10 @@ let package = Package(
         .product(name: "RealModule", package: "swift-numerics"),
       ]),
     .testTarget(name: "MilanIOTests", dependencies: ["MilanIO"]),
-    .testTarget(name: "MilanDataTests", dependencies: ["MilanData", "MilanTensor"]),
-    .testTarget(name: "MilanTrainTests", dependencies: ["MilanTrain", "MilanIO", "MilanTensor", "MilanTestSupport"]),
+    .testTarget(name: "MilanDataTests", dependencies: ["MilanData", "MilanTensor", "MilanIO", "MilanTestSupport"]),
+    .testTarget(
+      name: "MilanTrainTests",
+      dependencies: ["MilanTrain", "MilanData", "MilanModels", "MilanIO", "MilanTensor", "MilanTestSupport"]),
     .testTarget(
       name: "MilanModelsTests",
       dependencies: ["MilanModels", "MilanNN", "MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),

@@ -9,15 +9,18 @@ Self-contained: plain torch + numpy (no timm/open_clip). Contents:
   - `MaskedAutoencoderViT`: encoder, `random_masking` / `attention_masking` with the randomness passed in explicitly,
     the prompting decoder (`change_decoder=True`, MILAN) or the standard MAE decoder (`change_decoder=False`),
     MILAN feature loss (2 - 2cos over all B x (1+L) tokens, or masked patches only) and MAE pixel loss
-    (norm_pix_loss, masked patches only). MAE init (`initialize_weights`).
+    (norm_pix_loss, masked patches only). MAE init (`initialize_weights`). `kd=True`: the knowledge-distillation
+    ablation (paper Table 10, MILAN without decoder): no decoder; `kd_pred` Linear(D, C) on the encoder output
+    regresses the teacher features of the class token and the visible tokens (`kd_gather_target`).
   - `CLIPVisualTeacher`: the CLIP visual tower as MILAN uses it (ln_post + proj on every token; last block's
     head-averaged attention), OpenAI/open_clip state-dict names without the `visual.` prefix.
   - `add_weight_decay` (timm 0.3.2), `make_optimizer` (torch.optim.AdamW, betas (0.9, 0.95), eps 1e-8, wd 0.05) and
-    an explicit `adamw_step_reference` used to cross-check it.
+    an explicit `adamw_step_reference` used to cross-check it; `clip_grad_norm_reference`, the explicit formula of
+    torch.nn.utils.clip_grad_norm_ (norm_type 2).
 
 Run it directly for the self-checks (teacher vs Tests/Fixtures/models/clip_openclip.safetensors, multinomial
 equivalence, sin-cos spot values, prompting-decoder bookkeeping vs a spatial-order formulation, autograd vs a float64
-directional finite difference, AdamW vs the explicit formula):
+directional finite difference (MILAN and kd), AdamW vs the explicit formula, clip_grad_norm_ vs the explicit formula):
 
     /work/venv-ref/bin/python tools/milan_reference.py
 """
@@ -225,13 +228,24 @@ class MaskedAutoencoderViT(nn.Module):
     use_clip=True : decoder_pred -> pred_dim (= teacher output dim), prediction keeps the class token
                     [B, 1+L, C]; feature loss 2 - 2cos (all tokens by default, `loss_masked_only` for masked
                     patches only). use_clip=False: decoder_pred -> p*p*in_chans, class token removed, MAE pixel loss.
+    kd=True (requires use_clip): knowledge-distillation ablation (paper Table 10, "MILAN without decoder"). No decoder
+                    at all (no mask_token, decoder_embed, decoder_pos_embed, decoder_blocks, decoder_norm,
+                    decoder_pred; the decoder_* arguments and change_decoder are ignored). One head
+                    kd_pred = Linear(embed_dim, pred_dim) (keys kd_pred.weight [C, D], kd_pred.bias [C]; registered
+                    after `norm`, MAE init: xavier_uniform weight, zero bias). pred = kd_pred(latent) [N, 1+K, C]
+                    (latent = forward_encoder output: cls first, visible tokens in ids_keep order, after `norm`);
+                    target = teacher tokens at the same positions, kd_gather_target(target, ids_keep) =
+                    cat(target[:, :1], target[:, 1 + ids_keep]) [N, 1+K, C]; loss = milan_feature_loss(pred, target)
+                    (mean over all N x (1+K) tokens of 2 - 2cos, no eps). Masking as the other variants (attn_mask
+                    selects attention_masking / random_masking).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  norm_pix_loss=False, use_clip=False, attn_mask=False, change_decoder=True, pred_dim=512,
-                 loss_masked_only=False):
+                 loss_masked_only=False, kd=False):
         super().__init__()
+        assert use_clip or not kd, "kd regresses teacher features (use_clip=True)"
         # encoder (registration order as the reference, so the global-RNG consumption matches it)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
@@ -239,7 +253,23 @@ class MaskedAutoencoderViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
-        # decoder
+        self.kd = kd
+        if kd:   # knowledge-distillation ablation: one Linear head instead of the decoder
+            self.kd_pred = nn.Linear(embed_dim, pred_dim, bias=True)
+        else:
+            self._build_decoder(num_patches, patch_size, in_chans, embed_dim, decoder_embed_dim, decoder_depth,
+                                decoder_num_heads, mlp_ratio, use_clip, change_decoder, pred_dim)
+
+        self.in_chans = in_chans
+        self.norm_pix_loss = norm_pix_loss
+        self.use_clip = use_clip
+        self.attn_mask = attn_mask
+        self.change_decoder = change_decoder
+        self.loss_masked_only = loss_masked_only
+        self.initialize_weights()
+
+    def _build_decoder(self, num_patches, patch_size, in_chans, embed_dim, decoder_embed_dim, decoder_depth,
+                       decoder_num_heads, mlp_ratio, use_clip, change_decoder, pred_dim):
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim),
@@ -251,26 +281,20 @@ class MaskedAutoencoderViT(nn.Module):
         out = pred_dim if use_clip else patch_size ** 2 * in_chans
         self.decoder_pred = nn.Linear(decoder_embed_dim, out, bias=True)
 
-        self.in_chans = in_chans
-        self.norm_pix_loss = norm_pix_loss
-        self.use_clip = use_clip
-        self.attn_mask = attn_mask
-        self.change_decoder = change_decoder
-        self.loss_masked_only = loss_masked_only
-        self.initialize_weights()
-
     # ---- init (MAE initialize_weights / _init_weights)
     def initialize_weights(self):
         g = int(self.patch_embed.num_patches ** 0.5)
         pe = get_2d_sincos_pos_embed(self.pos_embed.shape[-1], g, cls_token=True)
         self.pos_embed.data.copy_(torch.from_numpy(pe).float().unsqueeze(0))
-        dpe = get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], g, cls_token=True)
-        self.decoder_pos_embed.data.copy_(torch.from_numpy(dpe).float().unsqueeze(0))
+        if not self.kd:
+            dpe = get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], g, cls_token=True)
+            self.decoder_pos_embed.data.copy_(torch.from_numpy(dpe).float().unsqueeze(0))
         w = self.patch_embed.proj.weight.data
         torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))  # conv bias keeps PyTorch's default init
         torch.nn.init.normal_(self.cls_token, std=0.02)
-        torch.nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(self._init_weights)
+        if not self.kd:
+            torch.nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(self._init_weights)   # kd: kd_pred gets xavier_uniform / zero bias like the decoder Linears
 
     @staticmethod
     def _init_weights(m):
@@ -373,13 +397,25 @@ class MaskedAutoencoderViT(nn.Module):
     def forward(self, imgs, mask_ratio=0.75, noise=None, target=None, importance=None):
         """imgs [N, C, H, W]; noise: U(0,1) or Exp(1) [N, L] (see forward_encoder); target: teacher tokens
         [N, 1+L, C] (use_clip); importance [N, L] (attn_mask). Returns a dict with loss, pred, mask, latent and the
-        index tensors."""
+        index tensors; kd also returns kd_target (the gathered target [N, 1+K, C] that the loss compares pred with)."""
         latent, mask, ids_restore, ids_shuffle, ids_keep, ids_dump = self.forward_encoder(imgs, mask_ratio, noise,
                                                                                           importance)
-        pred = self.forward_decoder(latent, ids_restore, ids_keep, ids_dump)
-        loss = self.forward_loss(imgs, pred, mask, target)
-        return dict(loss=loss, pred=pred, mask=mask, latent=latent, ids_restore=ids_restore,
-                    ids_shuffle=ids_shuffle, ids_keep=ids_keep, ids_dump=ids_dump)
+        out = dict(mask=mask, latent=latent, ids_restore=ids_restore, ids_shuffle=ids_shuffle, ids_keep=ids_keep,
+                   ids_dump=ids_dump)
+        if self.kd:
+            out["pred"] = self.kd_pred(latent)                       # [N, 1+K, C]
+            out["kd_target"] = kd_gather_target(target, ids_keep)    # [N, 1+K, C]
+            out["loss"] = milan_feature_loss(out["pred"], out["kd_target"])
+            return out
+        out["pred"] = self.forward_decoder(latent, ids_restore, ids_keep, ids_dump)
+        out["loss"] = self.forward_loss(imgs, out["pred"], mask, target)
+        return out
+
+
+def kd_gather_target(target, ids_keep):
+    """Teacher tokens [N, 1+L, C] at the positions the encoder sees: class token (index 0), then tokens 1 + ids_keep
+    (ids_keep order) -> [N, 1+K, C] (aligned with the encoder latent)."""
+    return torch.cat([target[:, :1], gather_tokens(target[:, 1:], ids_keep)], dim=1)
 
 
 def milan_feature_loss(pred, target, mask=None):
@@ -537,6 +573,15 @@ def adamw_step_reference(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), 
     return p, m, v
 
 
+def clip_grad_norm_reference(grads, max_norm, eps=1e-6):
+    """torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=2, foreach=False) written out (torch 2.x):
+    total = ||[||g_1||_2, ..., ||g_n||_2]||_2 (vector_norm of the stacked per-tensor float32 norms);
+    coef = min(max_norm / (total + 1e-6), 1); every g <- g * coef (also when coef == 1). Returns (clipped, total)."""
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
+    coef = torch.clamp(max_norm / (total + eps), max=1.0)
+    return [g * coef for g in grads], total
+
+
 # ----------------------------------------------------------------------------------------------- self-checks
 
 def prompt_decoder_spatial(model, latent, ids_keep, mask):
@@ -658,6 +703,60 @@ def _self_check():
     e_opt = max((named[n] - state[n][0]).abs().max().item() for n in named)
     assert e_opt < 1e-7, e_opt
     print(f"torch.optim.AdamW vs explicit formula after 3 steps: {e_opt:.2g}")
+
+    # 7. kd ablation: no decoder tensors; target gather and loss vs per-token loops; float64 directional derivative
+    torch.manual_seed(0)
+    kd = MaskedAutoencoderViT(**cfg, kd=True).double()
+    keys = list(kd.state_dict())
+    assert not any(k.startswith(("decoder_", "mask_token")) for k in keys) and keys[-2:] == ["kd_pred.weight",
+                                                                                             "kd_pred.bias"], keys
+    assert kd.kd_pred.weight.shape == (24, 48) and not kd.kd_pred.bias.any()
+    nd, d = weight_decay_names(kd)
+    assert "kd_pred.weight" in d and "kd_pred.bias" in nd and "cls_token" in d
+    with torch.no_grad():
+        for p in kd.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    out = kd(x, 0.75, e, target, imp2)
+    assert out["pred"].shape == (2, 5, 24) and out["kd_target"].shape == (2, 5, 24)
+    terms = []
+    for b in range(2):
+        pos = [0] + [1 + int(i) for i in out["ids_keep"][b]]
+        for j, t in enumerate(pos):
+            assert torch.equal(out["kd_target"][b, j], target[b, t])
+            pr = kd.kd_pred(out["latent"][b, j])
+            terms.append(2 - 2 * torch.dot(pr, target[b, t]) / (pr.norm() * target[b, t].norm()))
+    e_kd = abs(torch.stack(terms).mean().item() - out["loss"].item())
+    assert e_kd < 1e-14, e_kd
+    params = [p for p in kd.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out["loss"], params)
+    dirs = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    analytic = sum((gr * d_).sum() for gr, d_ in zip(grads, dirs)).item()
+    with torch.no_grad():
+        vals = []
+        for s in (eps, -eps):
+            for p, d_ in zip(params, dirs):
+                p.add_(s * d_)
+            vals.append(kd(x, 0.75, e, target, imp2)["loss"].item())
+            for p, d_ in zip(params, dirs):
+                p.sub_(s * d_)
+    numeric = (vals[0] - vals[1]) / (2 * eps)
+    assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (numeric, analytic)
+    print(f"kd: no decoder keys, gathered target / loss vs per-token loop {e_kd:.2g}, autograd vs central "
+          f"difference {analytic:.10g} vs {numeric:.10g}")
+
+    # 8. clip_grad_norm_ vs the explicit formula (clipping and non-clipping max_norm)
+    kd = kd.float()
+    params = [p for p in kd.parameters() if p.requires_grad]
+    for max_norm in (0.5, 1e6):
+        gs = [torch.randn(p.shape, generator=g) for p in params]
+        for p, g_ in zip(params, gs):
+            p.grad = g_.clone()
+        total = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=2.0, foreach=False)
+        ref, total_ref = clip_grad_norm_reference(gs, max_norm)
+        assert torch.equal(total, total_ref), (total, total_ref)
+        assert all(torch.equal(p.grad, r) for p, r in zip(params, ref))
+    print("torch.nn.utils.clip_grad_norm_ vs explicit formula: bit-identical (clipping and not)")
 
 
 if __name__ == "__main__":

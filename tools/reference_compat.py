@@ -6,6 +6,7 @@
 - `canonicalize_header(path, metadata_keys)`: safetensors writes __metadata__ from a hash map, so its key order
   changes run to run; rewrite the header with the metadata keys in a fixed order (same length, same tensor bytes) so
   fixture files are byte-reproducible.
+- `sha256_file(path)`: hex sha256 of a file (pins external assets; checks byte-identical regeneration).
 """
 import json
 
@@ -37,3 +38,13 @@ def canonicalize_header(path, metadata_keys):
         assert len(text) <= n, (path, len(text), n)
         f.seek(8)
         f.write(text + b" " * (n - len(text)))
+
+
+def sha256_file(path):
+    """Hex sha256 of a file's bytes (used to pin external assets and to check byte-identical regeneration)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -10,6 +10,13 @@ extension SafeTensorsFile {
     return t
   }
 
+  /// Every float tensor whose name starts with `prefix`, keyed by the name without it.
+  public func tensors(prefix: String = "") throws -> [String: Tensor] {
+    var out: [String: Tensor] = [:]
+    for t in tensors where t.name.hasPrefix(prefix) { out[String(t.name.dropFirst(prefix.count))] = try tensor(t.name) }
+    return out
+  }
+
   public func indices(_ name: String) throws -> IndexTensor {
     let info = try self.info(name)
     return IndexTensor(shape: info.shape, values: try int64s(name).map { Int($0) })

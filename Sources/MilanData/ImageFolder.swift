@@ -1,0 +1,111 @@
+// Image datasets: the ImageNet-style folder `root/<class>/<image>` (classes are the sorted sub-folder names, as
+// torchvision's ImageFolder) and, through the same protocol, IDX files. Images are decoded on demand.
+import Foundation
+
+/// A labelled collection of images that can be decoded one at a time (from any thread).
+public protocol ImageDataset: Sendable {
+  var count: Int { get }
+  var classNames: [String] { get }
+  func label(_ i: Int) -> Int
+  /// Decodes image `i`; throws ImageDecodeError for an unreadable or corrupt file.
+  func load(_ i: Int) throws -> DecodedImage
+  /// Names image `i` in messages (a path, or "IDX image 17").
+  func describe(_ i: Int) -> String
+}
+
+public enum ImageFolderError: Error, CustomStringConvertible, Equatable {
+  case notADirectory(String)
+  case noClasses(String)
+  case noImages(String)
+
+  public var description: String {
+    switch self {
+    case .notADirectory(let p): return "image folder \(p) does not exist or is not a directory"
+    case .noClasses(let p): return "image folder \(p) has no class sub-folders (expected root/<class>/<image>.jpg|png)"
+    case .noImages(let p): return "image folder \(p) has class folders but no .jpg, .jpeg or .png files in them"
+    }
+  }
+}
+
+public struct ImageFolder: ImageDataset {
+  public static let extensions: Set<String> = ["jpg", "jpeg", "png"]
+
+  public let root: URL
+  public let classNames: [String]
+  public let paths: [String]
+  public let labels: [Int]
+  /// Regular files skipped because of their extension (torchvision's ImageFolder ignores them too).
+  public let ignoredFiles: [String]
+
+  public init(root: URL) throws {
+    let fm = FileManager.default
+    var isDir: ObjCBool = false
+    guard fm.fileExists(atPath: root.path, isDirectory: &isDir), isDir.boolValue else {
+      throw ImageFolderError.notADirectory(root.path)
+    }
+    let entries = try fm.contentsOfDirectory(atPath: root.path).sorted()
+    let classes = entries.filter { name in
+      var d: ObjCBool = false
+      return !name.hasPrefix(".") && fm.fileExists(atPath: root.appendingPathComponent(name).path, isDirectory: &d)
+        && d.boolValue
+    }
+    guard !classes.isEmpty else { throw ImageFolderError.noClasses(root.path) }
+    var paths: [String] = [], labels: [Int] = [], ignored: [String] = []
+    for (label, name) in classes.enumerated() {
+      let dir = root.appendingPathComponent(name)
+      guard let walker = fm.enumerator(at: dir, includingPropertiesForKeys: [.isRegularFileKey]) else { continue }
+      var files: [String] = []
+      for case let url as URL in walker {
+        guard (try? url.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true else { continue }
+        if Self.extensions.contains(url.pathExtension.lowercased()) { files.append(url.path) } else { ignored.append(url.path) }
+      }
+      for f in files.sorted() {
+        paths.append(f)
+        labels.append(label)
+      }
+    }
+    guard !paths.isEmpty else { throw ImageFolderError.noImages(root.path) }
+    self.root = root
+    classNames = classes
+    self.paths = paths
+    self.labels = labels
+    ignoredFiles = ignored.sorted()
+  }
+
+  public var count: Int { paths.count }
+  public func label(_ i: Int) -> Int { labels[i] }
+  public func load(_ i: Int) throws -> DecodedImage { try ImageDecoder.decode(file: URL(fileURLWithPath: paths[i])) }
+  public func describe(_ i: Int) -> String { paths[i] }
+}
+
+extension IDXDataset: ImageDataset {
+  public var classNames: [String] { (0..<((labels?.max() ?? 0) + 1)).map(String.init) }
+  public func label(_ i: Int) -> Int { labels?[i] ?? 0 }
+  public func load(_ i: Int) throws -> DecodedImage {
+    DecodedImage(width: cols, height: rows, channels: 1, pixels: Array(image(i)))
+  }
+  public func describe(_ i: Int) -> String { "IDX image \(i)" }
+}
+
+/// Opens `path` as IDX (a folder with train-images-idx3-ubyte[.gz]) or as an image folder.
+public enum DatasetLoader {
+  public static func open(_ path: String, split: String = "train") throws -> any ImageDataset {
+    let dir = URL(fileURLWithPath: path)
+    let prefix = split == "train" ? "train" : "t10k"
+    for suffix in [".gz", ""] {
+      let images = dir.appendingPathComponent("\(prefix)-images-idx3-ubyte\(suffix)")
+      if FileManager.default.fileExists(atPath: images.path) {
+        let labels = dir.appendingPathComponent("\(prefix)-labels-idx1-ubyte\(suffix)")
+        return try IDXDataset(images: images,
+                              labels: FileManager.default.fileExists(atPath: labels.path) ? labels : nil)
+      }
+    }
+    let sub = dir.appendingPathComponent(split)
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: sub.path, isDirectory: &isDir), isDir.boolValue,
+       (try? ImageFolder(root: sub)) != nil {
+      return try ImageFolder(root: sub)
+    }
+    return try ImageFolder(root: dir)
+  }
+}

@@ -1,0 +1,103 @@
+// `milan step` (SingleStep): one step of a checkpoint on a batch file, written to a safetensors file, against the
+// PyTorch reference's step fixtures (tools/make_milan_fixtures.py): loss, predictions, every gradient and the AdamW
+// update, for MILAN (semantic-aware + prompting decoder), random masking and the KD ablation.
+import Foundation
+import MilanIO
+import MilanModels
+import MilanTensor
+import MilanTestSupport
+import MilanTrain
+import Testing
+
+@Suite struct SingleStepTests {
+  func fixture(_ variant: String) throws -> [String: Tensor] {
+    var all: [String: Tensor] = [:]
+    for suffix in ["", "_grad", "_adamw"] {
+      let f = try SafeTensorsFile(contentsOf: Fixtures.url("milan/step_\(variant)\(suffix).safetensors"))
+      for t in f.tensors where t.dtype == .F32 { all[t.name] = try f.tensor(t.name) }
+    }
+    return all
+  }
+
+  func run(_ variant: String, decoder: MILANConfig.Decoder, noiseKey: String) throws {
+    let fx = try fixture(variant)
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("milan-step-\(variant)-\(getpid())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let cfg = MILANConfig(encoder: ViTConfig(imageSize: 32, patchSize: 8, embedDim: 48, depth: 2, numHeads: 3),
+                          decoderDim: 32, decoderDepth: 2, decoderHeads: 2, decoder: decoder, predictionDim: 24)
+    // A checkpoint as `milan pretrain` writes it (weights + milan.config metadata) and a batch file. The teacher's
+    // full-image outputs come from step_milan (kd shares its images); the teacher forward itself is checked in
+    // MILANStepTests.
+    let milan = try fixture("milan")
+    let configJSON = String(decoding: try JSONEncoder().encode(cfg), as: UTF8.self)
+    var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.config": configJSON])
+    for (k, t) in fx where k.hasPrefix("model.") { try w.add(name: String(k.dropFirst(6)), tensor: t) }
+    try w.write(to: dir.appendingPathComponent("model.safetensors"))
+    var b = SafeTensorsWriter()
+    try b.add(name: "images", tensor: fx["images"]!)
+    try b.add(name: noiseKey, tensor: fx[noiseKey]!)
+    try b.add(name: "target", tensor: milan["target"]!)
+    try b.add(name: "importance", tensor: milan["importance"]!)
+    try b.write(to: dir.appendingPathComponent("batch.safetensors"))
+
+    let weights = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors"))
+    let model = MILANModel(try SingleStep.config(of: weights))
+    try model.load(try weights.tensors())
+    var o = SingleStepOptions()
+    o.adamwLR = 1e-3
+    let result = try SingleStep.run(model: model, batch: try SafeTensorsFile(contentsOf: dir.appendingPathComponent("batch.safetensors")),
+                                    teacher: nil, options: o)
+    try result.write(to: dir.appendingPathComponent("out.safetensors"))
+
+    // Read back what was written, as a user of the command would.
+    let out = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("out.safetensors"))
+    #expect(compare(try out.tensor("loss"), fx["loss"]!, atol: 1e-6, rtol: 1e-5, "\(variant) step loss").ok)
+    #expect(compare(try out.tensor("pred"), fx["pred"]!, atol: 1e-5, rtol: 1e-4, "\(variant) step pred").ok)
+    #expect(try out.indices("ids_keep").values == (try SafeTensorsFile(contentsOf: Fixtures.url("milan/step_\(variant).safetensors"))
+      .indices("ids_keep")).values)
+    var grads = 0, strict = 0
+    for (k, ref) in fx where k.hasPrefix("grad.") {
+      grads += 1
+      let scale = Double(ref.toArray().map(abs).max() ?? 0)
+      #expect(compare(try out.tensor(k), ref, atol: max(1e-10, 1e-3 * scale), rtol: 1e-3, "\(variant) \(k)").ok)
+      // AdamW: entries with a real gradient move exactly as PyTorch's (noise-level gradients move by up to ±lr).
+      let key = "updated." + k.dropFirst(5)
+      let ours = try out.tensor(key).toArray(), theirs = fx[key]!.toArray(), g = ref.toArray()
+      let gmax = g.map(abs).max() ?? 0
+      for i in 0..<ours.count {
+        let d = abs(ours[i] - theirs[i])
+        if abs(g[i]) >= max(1e-3 * gmax, 1e-6) {
+          strict += 1
+          #expect(d <= 1e-6 + 1e-5 * abs(theirs[i]), "\(variant) \(key)[\(i)] differs by \(d)")
+        } else {
+          #expect(d <= 2.05e-3, "\(variant) \(key)[\(i)] moved \(d) > 2·lr")
+        }
+      }
+    }
+    #expect(grads == model.trainableParameters().count)
+    print("ok  milan step \(variant): loss, pred, \(grads) gradients and \(strict) AdamW entries match the reference")
+  }
+
+  @Test func milanStep() throws { try run("milan", decoder: .prompting, noiseKey: "exp_noise") }
+  @Test func randomMaskStep() throws { try run("random_mask", decoder: .prompting, noiseKey: "uniform_noise") }
+  @Test func kdStep() throws { try run("kd", decoder: .kd, noiseKey: "exp_noise") }
+
+  @Test func missingNoiseIsNamed() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("milan-step-bad-\(getpid()).safetensors")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var b = SafeTensorsWriter()
+    try b.add(name: "images", tensor: Tensor(zeros: [1, 3, 32, 32]))
+    try b.write(to: dir)
+    let cfg = MILANConfig(encoder: ViTConfig(imageSize: 32, patchSize: 8, embedDim: 48, depth: 2, numHeads: 3),
+                          decoderDim: 32, decoderDepth: 1, decoderHeads: 2, predictionDim: 24)
+    #expect(throws: SingleStepError.self) {
+      _ = try SingleStep.run(model: MILANModel(cfg), batch: try SafeTensorsFile(contentsOf: dir), teacher: nil)
+    }
+    do {
+      _ = try SingleStep.run(model: MILANModel(cfg), batch: try SafeTensorsFile(contentsOf: dir), teacher: nil)
+    } catch {
+      #expect(String(describing: error).contains("target"), "\(error)")
+    }
+  }
+}
