@@ -76,18 +76,19 @@ static int decode_jpeg(const unsigned char *data, size_t size, milan_image *out)
     free(row);
     return 1;
   }
-  int adobe_inverted = cmyk && cinfo.saw_Adobe_marker;
   while (cinfo.output_scanline < cinfo.output_height) {
     unsigned char *dst = pixels + (size_t)cinfo.output_scanline * w * channels;
     JSAMPROW rows[1] = {cmyk ? row : dst};
     jpeg_read_scanlines(&cinfo, rows, 1);
     if (cmyk) {
+      // Pillow reads CMYK JPEGs as inverted ("CMYK;I", as Adobe writes them), then converts CMYK → RGB with
+      // R = (255 − K) − MULDIV255(C, 255 − K) on the un-inverted values.
       for (int x = 0; x < w; x++) {
-        int c[4];
-        for (int k = 0; k < 4; k++) c[k] = adobe_inverted ? 255 - row[4 * x + k] : row[4 * x + k];
+        int nk = row[4 * x + 3];  // 255 − K with K = 255 − raw
         for (int k = 0; k < 3; k++) {
-          int v = c[k] + c[3];
-          dst[3 * x + k] = (unsigned char)(255 - (v > 255 ? 255 : v));
+          int c = 255 - row[4 * x + k];
+          int t = c * nk + 128;
+          dst[3 * x + k] = (unsigned char)(nk - ((t + (t >> 8)) >> 8));
         }
       }
     }

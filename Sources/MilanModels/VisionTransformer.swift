@@ -226,6 +226,22 @@ public final class VisionTransformer: Module {
     return x
   }
 
+  /// Tokens after the final norm for a subset of patches: `keep` [B, K] patch indices (nil = all), as MILAN's
+  /// encoder sees visible patches: patch embedding + position, gather, class token + its position, blocks, norm.
+  /// → [B, 1 + K, D].
+  public func forwardFeatures(_ img: Variable, keep: IndexTensor?, training: Bool = false,
+                              rng: inout SplitMix64) -> Variable {
+    guard let keep else { return forwardFeatures(img, training: training, rng: &rng) }
+    let p = config.patchSize
+    let pos = positionTable(gridH: img.shape[2] / p, gridW: img.shape[3] / p)
+    var x = patchEmbed(img) + sliceTokens(pos, 1..<pos.shape[1])
+    x = gatherTokens(x, ids: keep)
+    x = concatTokens([clsToken + sliceTokens(pos, 0..<1), x])
+    for b in blocks.items { x = b(x, training: training, rng: &rng) }
+    if let norm { x = norm(x) }
+    return x
+  }
+
   /// Pooled representation [B, D]: class token after the norm, or the mean of patch tokens through fc_norm.
   public func pooled(_ features: Variable) -> Variable {
     switch config.globalPool {

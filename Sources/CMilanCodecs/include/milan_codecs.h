@@ -12,8 +12,10 @@ typedef struct {
 
 // Returns 0 on success. Detects JPEG / PNG from the first bytes (returns 2 for an unknown format).
 // Conversions follow Pillow's `Image.convert("RGB")` / mode "L": alpha is dropped (not composited), palettes are
-// expanded, 16-bit samples keep their high byte, JPEG YCbCr goes through libjpeg's own colour conversion,
-// Adobe CMYK/YCCK JPEGs are converted as Pillow does (inverted CMYK, RGB = 255 - min(255, C + K) on the uninverted).
+// expanded, JPEG YCbCr goes through libjpeg's own colour conversion, CMYK/YCCK JPEGs are converted as Pillow does
+// (read as inverted CMYK, R = (255 - K) - MULDIV255(C, 255 - K)), 16-bit RGB keeps the high byte (as Pillow).
+// One deliberate difference: 16-bit grey PNGs also keep their high byte, where Pillow's I;16 -> L conversion clamps
+// every value above 255 to white (which destroys real 16-bit images).
 int milan_decode_image(const unsigned char *data, size_t size, milan_image *out);
 void milan_image_free(milan_image *img);
 
