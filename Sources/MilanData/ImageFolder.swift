@@ -89,6 +89,8 @@ extension IDXDataset: ImageDataset {
 
 /// Opens `path` as IDX (a folder with train-images-idx3-ubyte[.gz]) or as an image folder.
 public enum DatasetLoader {
+  /// `split` "train" or "test": IDX train-* / t10k-* files, or the image folder's train/ and val/ (or test/)
+  /// sub-folders; a folder without them is used as it is for either split.
   public static func open(_ path: String, split: String = "train") throws -> any ImageDataset {
     let dir = URL(fileURLWithPath: path)
     let prefix = split == "train" ? "train" : "t10k"
@@ -100,11 +102,12 @@ public enum DatasetLoader {
                               labels: FileManager.default.fileExists(atPath: labels.path) ? labels : nil)
       }
     }
-    let sub = dir.appendingPathComponent(split)
-    var isDir: ObjCBool = false
-    if FileManager.default.fileExists(atPath: sub.path, isDirectory: &isDir), isDir.boolValue,
-       (try? ImageFolder(root: sub)) != nil {
-      return try ImageFolder(root: sub)
+    for name in split == "train" ? ["train"] : ["val", "test"] {
+      let sub = dir.appendingPathComponent(name)
+      var isDir: ObjCBool = false
+      if FileManager.default.fileExists(atPath: sub.path, isDirectory: &isDir), isDir.boolValue {
+        return try ImageFolder(root: sub)
+      }
     }
     return try ImageFolder(root: dir)
   }

@@ -52,38 +52,4 @@ public enum KNN {
     }
     return out
   }
-
-  /// Class-token features after the final norm of `encoder` for the given images, [N, D].
-  public static func encoderFeatures(_ encoder: VisionTransformer, data: IDXDataset, indices: [Int], imageSize: Int,
-                                     batch: Int = 256) -> Tensor {
-    let d = encoder.config.embedDim
-    let out = Tensor(uninitialized: [indices.count, d])
-    var rng = SplitMix64(seed: 0)
-    for s in stride(from: 0, to: indices.count, by: batch) {
-      let ids = Array(indices[s..<min(s + batch, indices.count)])
-      let f = Autograd.noGrad { encoder.forwardFeatures(Variable(data.batch(ids, size: imageSize)), rng: &rng) }
-      let l = f.shape[1]
-      for (r, _) in ids.enumerated() { (out.data + (s + r) * d).update(from: f.value.data + r * l * d, count: d) }
-    }
-    return out
-  }
-
-  /// The teacher's class-token features, [N, C].
-  public static func teacherFeatures(_ teacher: any Teacher, data: IDXDataset, indices: [Int], imageSize: Int,
-                                     batch: Int = 64) -> Tensor {
-    let c = teacher.featureDim
-    let out = Tensor(uninitialized: [indices.count, c])
-    for s in stride(from: 0, to: indices.count, by: batch) {
-      let ids = Array(indices[s..<min(s + batch, indices.count)])
-      let f = teacher.encode(data.batch(ids, size: imageSize)).features
-      let l = f.shape[1]
-      for (r, _) in ids.enumerated() { (out.data + (s + r) * c).update(from: f.data + r * l * c, count: c) }
-    }
-    return out
-  }
-
-  /// Raw pixels (normalised, at `imageSize`) as features, [N, 3·size²].
-  public static func pixelFeatures(data: IDXDataset, indices: [Int], imageSize: Int) -> Tensor {
-    data.batch(indices, size: imageSize).reshaped([indices.count, -1])
-  }
 }

@@ -1,0 +1,128 @@
+// What pretraining learned, read against baselines (reference-milan.md §6): weighted k-NN and a linear probe on
+// frozen features of the pretrained encoder, a randomly initialised encoder of the same architecture, the teacher's
+// own class-token features, and (k-NN only) raw pixels. One seeded train subset serves as the k-NN bank and the
+// probe's training set; one seeded test subset as queries / probe test set.
+import Foundation
+import MilanData
+import MilanIO
+import MilanModels
+import MilanTensor
+
+public struct EvaluationConfig: Codable, Sendable {
+  /// A pretraining output folder (model.safetensors + state.json).
+  public var checkpoint: String
+  /// IDX folder or image folder (train/ and val/ sub-folders); default: the pretraining data.
+  public var dataDir: String?
+  public var teacherPath: String?
+  public var trainImages = 4000
+  public var testImages = 2000
+  public var knn = true
+  public var k = 20
+  public var temperature: Float = 0.07
+  public var linearProbe = true
+  public var probe = LinearProbeConfig()
+  public var pool: FeaturePool = .token
+  /// Semantic-aware probing: keep this fraction of patches by teacher attention (nil: all patches).
+  public var semanticKeep: Double? = nil
+  public var baselines = true
+  public var seed: UInt64 = 123
+  public init(checkpoint: String) { self.checkpoint = checkpoint }
+}
+
+public struct EvaluationRow: Codable, Sendable {
+  public var name: String
+  public var knnTop1: Double?
+  public var probeTop1: Double?
+  public var probeTop5: Double?
+}
+
+public struct EvaluationReport: Codable, Sendable {
+  public var dataset: String
+  public var trainImages: Int
+  public var testImages: Int
+  public var rows: [EvaluationRow]
+  public var unreadableImages: Int
+
+  /// A fixed-width table for the terminal and the README.
+  public var table: String {
+    func pct(_ v: Double?) -> String { v.map { String(format: "%6.2f %%", $0 * 100) } ?? "      —" }
+    var s = "| features | k-NN top-1 | linear probe top-1 | linear probe top-5 |\n| --- | ---: | ---: | ---: |\n"
+    for r in rows { s += "| \(r.name) | \(pct(r.knnTop1)) | \(pct(r.probeTop1)) | \(pct(r.probeTop5)) |\n" }
+    return s
+  }
+}
+
+public enum Evaluation {
+  public static func run(_ c: EvaluationConfig, log: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EvaluationReport {
+    let ckpt = URL(fileURLWithPath: c.checkpoint)
+    let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: ckpt.appendingPathComponent("state.json")))
+    let cfg = state.config
+    let dataDir = c.dataDir ?? cfg.dataDir
+    let train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), warn: log)
+    let test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), warn: log)
+    var rng = SplitMix64(seed: c.seed)
+    var a = Array(0..<train.dataset.count), b = Array(0..<test.dataset.count)
+    a.shuffle(using: &rng)
+    b.shuffle(using: &rng)
+    let bank = Array(a.prefix(c.trainImages)), queries = Array(b.prefix(c.testImages))
+    let bankLabels = train.labels(bank), queryLabels = test.labels(queries)
+    let classes = max(train.classes, (bankLabels + queryLabels).max()! + 1)
+    log("evaluation on \(dataDir): \(bank.count) train images (k-NN bank, probe training), \(queries.count) test images")
+
+    let weights = try SafeTensorsFile(contentsOf: ckpt.appendingPathComponent("model.safetensors"))
+    let milan = MILANModel(cfg.model)
+    try milan.load(try weights.tensors())
+    let teacherPath = c.teacherPath ?? cfg.teacherPath
+    let teacher: (any Teacher)? = FileManager.default.fileExists(atPath: teacherPath)
+      ? try DINOv2ONNX.load(URL(fileURLWithPath: teacherPath)) : nil
+    if teacher == nil { log("teacher not found at \(teacherPath): teacher baseline and semantic-aware probing skipped") }
+
+    var rows: [EvaluationRow] = []
+    func evaluate(_ name: String, probe: Bool = true, _ features: (EvalImages, [Int]) throws -> Tensor) throws {
+      let t0 = Date()
+      let fb = try features(train, bank), fq = try features(test, queries)
+      var row = EvaluationRow(name: name)
+      if c.knn {
+        row.knnTop1 = KNN.accuracy(bank: fb, bankLabels: bankLabels, queries: fq, queryLabels: queryLabels,
+                                   classes: classes, k: c.k, temperature: c.temperature)
+      }
+      if c.linearProbe && probe {
+        var pc = c.probe
+        pc.batchSize = min(pc.batchSize, bank.count)
+        let r = LinearProbe.run(train: fb, trainLabels: bankLabels, test: fq, testLabels: queryLabels, classes: classes,
+                                config: pc, log: { _ in })
+        row.probeTop1 = r.final.top1
+        row.probeTop5 = r.final.top5
+      }
+      rows.append(row)
+      log(name.padding(toLength: 44, withPad: " ", startingAt: 0)
+        + (row.knnTop1.map { String(format: "k-NN %6.2f %%  ", $0 * 100) } ?? "")
+        + (row.probeTop1.map { String(format: "probe %6.2f %% (top-5 %6.2f %%)  ", $0 * 100, row.probeTop5! * 100) } ?? "")
+        + String(format: "(%.0f s)", Date().timeIntervalSince(t0)))
+    }
+    let size = cfg.imageSize
+    try evaluate("MILAN encoder (epoch \(state.epoch), \(c.pool.rawValue))") {
+      try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool)
+    }
+    if let keep = c.semanticKeep, let teacher {
+      let sp = SemanticProbing(teacher: teacher, teacherImageSize: cfg.teacherImageSize, keepFraction: keep)
+      try evaluate(String(format: "MILAN encoder, semantic-aware %.0f %% patches", keep * 100)) {
+        try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool, semantic: sp)
+      }
+    }
+    if c.baselines {
+      let random = VisionTransformer(cfg.model.encoder, seed: 7)
+      try evaluate("random encoder (same architecture)") {
+        try Features.encoder(random, images: $0, indices: $1, imageSize: size, pool: c.pool)
+      }
+      if let teacher {
+        try evaluate("teacher DINOv2-S/14 (\(cfg.teacherImageSize) px)") {
+          try Features.teacher(teacher, images: $0, indices: $1, imageSize: cfg.teacherImageSize)
+        }
+      }
+      try evaluate("raw pixels (\(size) px)") { try Features.pixels(images: $0, indices: $1, imageSize: size) }
+    }
+    return EvaluationReport(dataset: dataDir, trainImages: bank.count, testImages: queries.count, rows: rows,
+                            unreadableImages: train.loader.failureCount + test.loader.failureCount)
+  }
+}
