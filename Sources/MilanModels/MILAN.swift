@@ -30,6 +30,22 @@ public struct MILANConfig: Codable, Sendable, Equatable {
     self.decoder = decoder
     self.predictionDim = predictionDim
   }
+
+  enum CodingKeys: String, CodingKey {
+    case encoder, decoderDim, decoderDepth, decoderHeads, decoderMlpRatio, decoder, predictionDim
+  }
+
+  /// Fields with defaults may be left out of configuration files (decoder sizes are unused by the kd objective).
+  public init(from d: any Swift.Decoder) throws {
+    let c = try d.container(keyedBy: CodingKeys.self)
+    self.init(encoder: try c.decode(ViTConfig.self, forKey: .encoder),
+              decoderDim: try c.decodeIfPresent(Int.self, forKey: .decoderDim) ?? 512,
+              decoderDepth: try c.decodeIfPresent(Int.self, forKey: .decoderDepth) ?? 8,
+              decoderHeads: try c.decodeIfPresent(Int.self, forKey: .decoderHeads) ?? 16,
+              decoderMlpRatio: try c.decodeIfPresent(Double.self, forKey: .decoderMlpRatio) ?? 4,
+              decoder: try c.decodeIfPresent(Decoder.self, forKey: .decoder) ?? .prompting,
+              predictionDim: try c.decode(Int.self, forKey: .predictionDim))
+  }
 }
 
 public final class MILANModel: Module {

@@ -44,6 +44,27 @@ public struct ViTConfig: Codable, Sendable, Equatable {
     self.fixedSinCosPosEmbed = fixedSinCosPosEmbed
   }
 
+  enum CodingKeys: String, CodingKey {
+    case imageSize, patchSize, inChannels, embedDim, depth, numHeads, mlpRatio, qkvBias, numClasses, globalPool,
+         layerNormEps, dropPathRate, fixedSinCosPosEmbed
+  }
+
+  /// Fields with defaults may be left out of configuration files.
+  public init(from decoder: Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    self.init(imageSize: try c.decode(Int.self, forKey: .imageSize), patchSize: try c.decode(Int.self, forKey: .patchSize),
+              inChannels: try c.decodeIfPresent(Int.self, forKey: .inChannels) ?? 3,
+              embedDim: try c.decode(Int.self, forKey: .embedDim), depth: try c.decode(Int.self, forKey: .depth),
+              numHeads: try c.decode(Int.self, forKey: .numHeads),
+              mlpRatio: try c.decodeIfPresent(Double.self, forKey: .mlpRatio) ?? 4,
+              qkvBias: try c.decodeIfPresent(Bool.self, forKey: .qkvBias) ?? true,
+              numClasses: try c.decodeIfPresent(Int.self, forKey: .numClasses) ?? 0,
+              globalPool: try c.decodeIfPresent(Pool.self, forKey: .globalPool) ?? .token,
+              layerNormEps: try c.decodeIfPresent(Float.self, forKey: .layerNormEps) ?? 1e-6,
+              dropPathRate: try c.decodeIfPresent(Float.self, forKey: .dropPathRate) ?? 0,
+              fixedSinCosPosEmbed: try c.decodeIfPresent(Bool.self, forKey: .fixedSinCosPosEmbed) ?? true)
+  }
+
   /// timm presets: tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16, huge 1280/32/16.
   public static func preset(_ name: String, imageSize: Int = 224, patchSize: Int = 16) -> ViTConfig? {
     let table: [String: (Int, Int, Int)] = [
