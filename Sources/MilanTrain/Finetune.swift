@@ -1,0 +1,223 @@
+// End-to-end finetuning as MAE/MILAN's main_finetune.py (reference-milan.md §6b): the pretrained encoder with mean
+// pooling + fc_norm + a new head (trunc-normal 0.02, as MILAN: MAE's 2e-5 head init is commented out), learned
+// position embedding initialised from the sin-cos table; AdamW (0.9, 0.999) with MAE's layer-wise lr decay groups,
+// per-iteration warmup then half-cosine to min_lr; drop path; RandomResizedCrop(0.08–1) + flip + RandAugment
+// rand-m9-mstd0.5-inc1 + RandomErasing(0.25, pixel); Mixup 0.8 / CutMix 1.0 (batch mode, switch 0.5) with label
+// smoothing 0.1 and the soft-target cross-entropy; evaluation with Resize(size/0.875) + CenterCrop, top-1 / top-5.
+import Foundation
+import MilanAutograd
+import MilanData
+import MilanIO
+import MilanModels
+import MilanNN
+import MilanTensor
+
+public struct FinetuneConfig: Codable, Sendable {
+  public var checkpoint: String
+  public var dataDir: String?
+  public var outputDir: String
+  public var epochs = 100
+  public var warmupEpochs = 5.0
+  public var batchSize = 64
+  public var blr = 1e-3
+  public var minLR = 1e-6
+  public var weightDecay: Float = 0.05
+  public var layerDecay: Float = 0.75
+  public var dropPath: Float = 0.1
+  public var mixup: MixupConfig? = MixupConfig()
+  /// Label smoothing when Mixup/CutMix is off.
+  public var smoothing = 0.1
+  public var randAugment = true
+  public var reprob = 0.25
+  public var cropScale: [Double] = [0.08, 1]
+  public var trainImages: Int?
+  public var testImages: Int?
+  public var evalEvery = 1
+  /// Unreadable images tolerated, as a fraction of each split, before the run stops.
+  public var maxUnreadableFraction = 0.01
+  public var seed: UInt64 = 0
+  public var lr: Double { blr * Double(batchSize) / 256 }
+  public init(checkpoint: String, outputDir: String) {
+    self.checkpoint = checkpoint
+    self.outputDir = outputDir
+  }
+}
+
+public struct FinetuneResult: Codable, Sendable {
+  public var epochs: Int
+  public var test: ClassificationScore
+  public var best: ClassificationScore
+  public var trainLoss: Double
+}
+
+public enum FinetuneError: Error, CustomStringConvertible {
+  case unexpectedMissingKeys([String])
+  case oddBatch(Int)
+
+  public var description: String {
+    switch self {
+    case .unexpectedMissingKeys(let k):
+      return "finetune: the checkpoint lacks encoder weights: \(k.joined(separator: ", ")) (only fc_norm and head may be new)"
+    case .oddBatch(let b): return "finetune: Mixup/CutMix pairs each image with its mirror in the batch; the batch size must be even (got \(b))"
+    }
+  }
+}
+
+public final class Finetuner: @unchecked Sendable {
+  public let config: FinetuneConfig
+  public let model: VisionTransformer
+  public let optimizer: AdamW
+  let train: EvalImages, test: EvalImages
+  let imageSize: Int
+  let log: @Sendable (String) -> Void
+  public private(set) var interrupted = false
+  public var shouldStop: () -> Bool = { StopSignal.requested }
+
+  public init(_ c: FinetuneConfig, log: @escaping @Sendable (String) -> Void = { print($0) }) throws {
+    if c.mixup != nil && c.batchSize % 2 != 0 { throw FinetuneError.oddBatch(c.batchSize) }
+    config = c
+    self.log = log
+    let dir = URL(fileURLWithPath: c.checkpoint)
+    let stateURL = dir.appendingPathComponent("state.json")
+    let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: stateURL))
+    let dataDir = c.dataDir ?? state.config.dataDir
+    train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction, warn: log)
+    test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction, warn: log)
+    var enc = state.config.model.encoder
+    enc.globalPool = .avg
+    enc.numClasses = max(train.classes, test.classes)
+    enc.dropPathRate = c.dropPath
+    enc.fixedSinCosPosEmbed = false
+    imageSize = enc.imageSize
+    model = VisionTransformer(enc, seed: c.seed)
+    let weights = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors")).tensors()
+    let own = Set(model.namedParameters().map(\.0))
+    let missing = own.subtracting(weights.keys).sorted()
+    guard Set(missing) == ["fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"] else {
+      throw FinetuneError.unexpectedMissingKeys(missing.filter { !$0.hasPrefix("fc_norm") && !$0.hasPrefix("head") })
+    }
+    try model.load(weights.filter { own.contains($0.key) }, strict: false)
+    optimizer = AdamW(groups: ParamGroup.layerDecayGroups(model.namedParameters(), depth: enc.depth,
+                                                          weightDecay: c.weightDecay, layerDecay: c.layerDecay),
+                      lr: Float(c.lr), beta1: 0.9, beta2: 0.999)
+    log("finetune: \(model.parameterCount) parameters, \(enc.numClasses) classes, lr \(c.lr), layer decay "
+      + "\(c.layerDecay), drop path \(c.dropPath), \(c.epochs) epochs")
+  }
+
+  struct Batch: @unchecked Sendable {
+    var images: Tensor
+    var targets: Tensor
+  }
+
+  func trainBatch(_ ids: [Int], epoch: Int, iteration: Int) throws -> Batch {
+    let c = config
+    var rng = SplitMix64(seed: c.seed ^ (UInt64(epoch + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(iteration + 1) &* 0xD1B5_4A32_D192_ED03))
+    _ = rng.next()
+    let size = imageSize
+    let x = Tensor(uninitialized: [ids.count, 3, size, size])
+    let erase = RandomErasing(probability: c.reprob)
+    let ra = RandAugment()
+    var labels: [Int] = []
+    for (b, i) in ids.enumerated() {
+      let (used, img) = try train.loader.load(i)
+      labels.append(train.dataset.label(used))
+      let d = Transforms.drawCrop(height: img.height, width: img.width, scale: c.cropScale[0]...c.cropScale[1],
+                                  ratio: (3.0 / 4)...(4.0 / 3), rng: &rng)
+      var view = Transforms.apply(d, to: img, size: size)
+      if c.randAugment { view = ra(view, rng: &rng) }
+      let dst = x.data + b * 3 * size * size
+      Transforms.normalize(view, into: dst)
+      if c.reprob > 0 { erase.apply(dst, channels: 3, height: size, width: size, rng: &rng) }
+    }
+    let k = model.config.numClasses
+    if let m = c.mixup {
+      let draw = Mixup.draw(m, height: size, width: size, rng: &rng)
+      return Batch(images: x, targets: Mixup.apply(draw, images: x, labels: labels, classes: k, smoothing: m.labelSmoothing).targets)
+    }
+    return Batch(images: x, targets: Mixup.targets(labels: labels, classes: k, lambda: 1, smoothing: c.smoothing))
+  }
+
+  /// Top-1 / top-5 of the current model on `indices` of the test split (evaluation transform).
+  public func evaluate(_ indices: [Int]) throws -> ClassificationScore {
+    let k = model.config.numClasses
+    let logits = Tensor(uninitialized: [indices.count, k])
+    var rng = SplitMix64(seed: 0)
+    for s in stride(from: 0, to: indices.count, by: 128) {
+      let ids = Array(indices[s..<min(s + 128, indices.count)])
+      let out = try Autograd.noGrad { model(Variable(try test.batch(ids, size: imageSize)), training: false, rng: &rng) }
+      (logits.data + s * k).update(from: out.value.data, count: out.count)
+    }
+    return LinearProbe.score(logits: logits, labels: test.labels(indices))
+  }
+
+  public func run() throws -> FinetuneResult {
+    let c = config
+    let out = URL(fileURLWithPath: c.outputDir)
+    try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+    var rng = SplitMix64(seed: c.seed ^ 0xF1E7)
+    var pool = Array(0..<train.dataset.count)
+    pool.shuffle(using: &rng)
+    let trainIdx = Array(pool.prefix(c.trainImages ?? pool.count))
+    var tpool = Array(0..<test.dataset.count)
+    tpool.shuffle(using: &rng)
+    let testIdx = Array(tpool.prefix(c.testImages ?? tpool.count))
+    let steps = trainIdx.count / c.batchSize
+    guard steps > 0 else { throw PretrainError.invalidConfig("batchSize \(c.batchSize) exceeds the \(trainIdx.count) training images") }
+    var best = ClassificationScore(top1: 0, top5: 0, loss: .infinity, count: 0)
+    var last = best
+    var trainLoss = 0.0
+    let t0 = Date()
+    interrupted = false
+    for epoch in 0..<c.epochs {
+      var order = trainIdx
+      order.shuffle(using: &rng)
+      let fixedOrder = order, batchSize = c.batchSize
+      let prefetch = Prefetcher(from: 0, to: steps) { [self] it in
+        try trainBatch(Array(fixedOrder[(it * batchSize)..<((it + 1) * batchSize)]), epoch: epoch, iteration: it)
+      }
+      var sum = 0.0
+      for it in 0..<steps {
+        optimizer.lr = Float(maeLearningRate(epoch: Double(epoch) + Double(it) / Double(steps), baseLR: c.lr,
+                                             minLR: c.minLR, warmupEpochs: c.warmupEpochs, epochs: Double(c.epochs)))
+        let b = try prefetch.next()
+        var dropRNG = SplitMix64(seed: rng.next())
+        let loss = softCrossEntropy(model(Variable(b.images), training: true, rng: &dropRNG), targets: b.targets)
+        let v = loss.value.data[0]
+        guard v.isFinite else {
+          throw PretrainError.nonFiniteLoss(step: epoch * steps + it, epoch: epoch, loss: v, checkpoint: nil)
+        }
+        loss.backward()
+        optimizer.step()
+        optimizer.zeroGrad()
+        sum += Double(v)
+        if shouldStop() {
+          try save(to: out)
+          log("interrupted: weights written to \(out.appendingPathComponent("classifier.safetensors").path)")
+          interrupted = true
+          return FinetuneResult(epochs: epoch, test: last, best: best, trainLoss: sum / Double(it + 1))
+        }
+      }
+      trainLoss = sum / Double(steps)
+      if (epoch + 1) % c.evalEvery == 0 || epoch == c.epochs - 1 {
+        last = try evaluate(testIdx)
+        if last.top1 > best.top1 { best = last }
+        log(String(format: "finetune epoch %d/%d: train loss %.4f, test top-1 %.2f %% top-5 %.2f %% (%.0f s)", epoch + 1,
+                   c.epochs, trainLoss, last.top1 * 100, last.top5 * 100, Date().timeIntervalSince(t0)))
+      }
+    }
+    try save(to: out)
+    let result = FinetuneResult(epochs: c.epochs, test: last, best: best, trainLoss: trainLoss)
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try enc.encode(result).write(to: out.appendingPathComponent("finetune.json"), options: .atomic)
+    return result
+  }
+
+  /// The classifier under timm's names (`vit_*` with global_pool="avg"), atomically.
+  public func save(to dir: URL) throws {
+    let cfg = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
+    var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.vit_config": cfg])
+    for (k, p) in model.namedParameters() { try w.add(name: k, tensor: p.value) }
+    try w.write(to: dir.appendingPathComponent("classifier.safetensors"))
+  }
+}
