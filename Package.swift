@@ -31,6 +31,7 @@ let package = Package(
     .library(name: "MilanNN", targets: ["MilanNN"]),
     .library(name: "MilanModels", targets: ["MilanModels"]),
     .library(name: "MilanData", targets: ["MilanData"]),
+    .library(name: "MilanTrain", targets: ["MilanTrain"]),
     .executable(name: "milan", targets: ["milan"]),
     .executable(name: "milan-bench", targets: ["milan-bench"]),
   ],
@@ -66,7 +67,7 @@ let package = Package(
     .executableTarget(
       name: "milan",
       dependencies: [
-        "MilanTensor", "MilanIO", "MilanAutograd", "MilanModels", "MilanTrain", "CMilanKernels",
+        "MilanTensor", "MilanIO", "MilanAutograd", "MilanModels", "MilanData", "MilanTrain", "CMilanKernels",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .executableTarget(

@@ -85,7 +85,14 @@ public class Variable: CustomStringConvertible {
       stack.append((v, true))
       for p in v.parents where p.requiresGrad && !visited.contains(ObjectIdentifier(p)) { stack.append((p, false)) }
     }
-    for v in order.reversed() {
+    // Walk in reverse topological order. Without retainGraph each node lets go of its closure, its parents and its
+    // gradient once it has run, and the walk drops its own reference too, so activations and intermediate gradients
+    // are freed progressively during the backward pass (as PyTorch frees saved tensors), not all at the end.
+    var pending: [Variable?] = order
+    order.removeAll()
+    for i in stride(from: pending.count - 1, through: 0, by: -1) {
+      guard let v = pending[i] else { continue }
+      if !retainGraph { pending[i] = nil }
       guard let fn = v.backwardFn, let gv = v.grad else { continue }
       fn(gv)
       if !retainGraph {

@@ -78,8 +78,8 @@ public final class ResidualAttentionBlock: Module {
   public var children: [(String, any Module)] { [("ln_1", ln1), ("attn", attn), ("ln_2", ln2), ("mlp", mlp)] }
   func callAsFunction(_ x: Variable, headMeanProbs: Bool) -> (Variable, Tensor?) {
     let (a, p) = attn(ln1(x), headMeanProbs: headMeanProbs)
-    let h = x + a
-    return (h + mlp(ln2(h)), p)
+    let h = residualAdd(x, a)
+    return (residualAdd(h, mlp(ln2(h))), p)
   }
 }
 

@@ -112,8 +112,8 @@ public final class DINOv2Layer: Module {
   }
   func callAsFunction(_ x: Variable, headMeanProbs: Bool) -> (Variable, Tensor?) {
     let (a, p) = attention(norm1(x), headMeanProbs: headMeanProbs)
-    let h = x + a * layerScale1.lambda1
-    return (h + mlp(norm2(h)) * layerScale2.lambda1, p)
+    let h = residualAdd(x, a * layerScale1.lambda1)
+    return (residualAdd(h, mlp(norm2(h)) * layerScale2.lambda1), p)
   }
 }
 

@@ -161,12 +161,12 @@ public final class MILANModel: Module {
     case .prompting:
       var x = masked
       for blk in promptingBlocks!.items { x = blk(x, zCls: zCls, zVisible: zVisible, idsRestore: m.idsRestore) }
-      let full = concatTokens([zCls, gatherTokens(concatTokens([zVisible, x]), ids: m.idsRestore)])
+      let full = assembleTokens(cls: zCls, visible: zVisible, masked: x, idsRestore: m.idsRestore)
       return decoderPred(decoderNorm(full))
     case .kd:
       preconditionFailure("the kd objective has no decoder; use predict(_:masking:rng:)")
     case .mae:
-      var x = concatTokens([zCls, gatherTokens(concatTokens([zVisible, masked]), ids: m.idsRestore)])
+      var x = assembleTokens(cls: zCls, visible: zVisible, masked: masked, idsRestore: m.idsRestore)
       for blk in maeBlocks!.items { x = blk(x, training: false, rng: &rng) }
       return sliceTokens(decoderPred(decoderNorm(x)), 1..<(1 + l))
     }

@@ -32,9 +32,8 @@ public final class PromptingBlock: Module {
   /// x: mask tokens [B, M, d] (ids_dump order); zCls [B, 1, d], zVisible [B, K, d] (ids_keep order).
   public func callAsFunction(_ x: Variable, zCls: Variable, zVisible: Variable, idsRestore: IndexTensor) -> Variable {
     let y = norm1(x)
-    let spatial = gatherTokens(concatTokens([zVisible, y]), ids: idsRestore)  // [B, L, d]
-    let s = concatTokens([zCls, spatial])                                      // [B, 1 + L, d]
-    let h = x + attn.proj(crossAttention(q: attn.q(y), kv: attn.kv(s), heads: attn.heads))
-    return h + mlp(norm2(h))
+    let s = assembleTokens(cls: zCls, visible: zVisible, masked: y, idsRestore: idsRestore)  // [B, 1 + L, d]
+    let h = residualAdd(x, attn.proj(crossAttention(q: attn.q(y), kv: attn.kv(s), heads: attn.heads)))
+    return residualAdd(h, mlp(norm2(h)))
   }
 }

@@ -152,8 +152,8 @@ public final class Block: Module {
 
   public func callAsFunction(_ x: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
     let a = attn(norm1(x)).0
-    var h = x + DropPath.apply(a, rate: dropPath, training: training, rng: &rng)
-    h = h + DropPath.apply(mlp(norm2(h)), rate: dropPath, training: training, rng: &rng)
+    var h = residualAdd(x, DropPath.apply(a, rate: dropPath, training: training, rng: &rng))
+    h = residualAdd(h, DropPath.apply(mlp(norm2(h)), rate: dropPath, training: training, rng: &rng))
     return h
   }
 }

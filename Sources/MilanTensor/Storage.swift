@@ -71,11 +71,12 @@ public final class BufferPool: @unchecked Sendable {
     lock.unlock()
   }
 
-  /// Size classes: exact below 1 Ki elements (rounded to 16), else rounded up to 1/8 steps of a power of two.
+  /// Size classes: exact below 1 Ki elements (rounded to 16), else rounded up to 1/16 steps of a power of two
+  /// (at most 6.25 % padding).
   static func sizeClass(_ n: Int) -> Int {
     if n <= 1024 { return max(16, (n + 15) & ~15) }
     let hb = Int.bitWidth - n.leadingZeroBitCount - 1  // floor(log2 n)
-    let step = 1 << (hb - 3)
+    let step = 1 << (hb - 4)
     return (n + step - 1) / step * step
   }
 
@@ -88,10 +89,22 @@ public final class BufferPool: @unchecked Sendable {
     liveBytes += cap * 4
     if liveBytes > peak { peak = liveBytes }
     if var list = bins[cap], let p = list.popLast() {
-      bins[cap] = list
+      bins[cap] = list.isEmpty ? nil : list
       cached -= cap * 4
       lock.unlock()
       return TensorStorage(pointer: p, capacity: cap)
+    }
+    // Best fit among larger cached buffers (up to 1.5× the class): a step's allocation pattern changes between the
+    // teacher forward, the student forward and the backward, and exact-class reuse alone would keep a separate set of
+    // buffers for each phase resident.
+    if cap >= 1 << 14, let fit = bins.keys.filter({ $0 > cap && $0 <= cap + cap / 2 }).min(), var list = bins[fit],
+       let p = list.popLast() {
+      bins[fit] = list.isEmpty ? nil : list
+      cached -= fit * 4
+      liveBytes += (fit - cap) * 4
+      if liveBytes > peak { peak = liveBytes }
+      lock.unlock()
+      return TensorStorage(pointer: p, capacity: fit)
     }
     lock.unlock()
     var raw: UnsafeMutableRawPointer? = nil

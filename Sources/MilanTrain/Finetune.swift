@@ -221,3 +221,30 @@ public final class Finetuner: @unchecked Sendable {
     try w.write(to: dir.appendingPathComponent("classifier.safetensors"))
   }
 }
+
+public enum Classifier {
+  /// A classifier written by `Finetuner.save` (timm names, `milan.vit_config` metadata).
+  public static func load(_ url: URL) throws -> VisionTransformer {
+    let f = try SafeTensorsFile(contentsOf: url)
+    guard let json = f.metadata["milan.vit_config"] else {
+      throw PretrainError.invalidConfig("\(url.path) has no milan.vit_config metadata (not written by milan finetune)")
+    }
+    let model = VisionTransformer(try JSONDecoder().decode(ViTConfig.self, from: Data(json.utf8)))
+    try model.load(try f.tensors())
+    return model
+  }
+
+  /// Top-1 / top-5 / loss on the first `limit` images of the test split (all by default), evaluation transform.
+  public static func score(_ model: VisionTransformer, data: EvalImages, limit: Int? = nil) throws -> ClassificationScore {
+    let n = min(limit ?? data.dataset.count, data.dataset.count)
+    let k = model.config.numClasses, size = model.config.imageSize
+    let logits = Tensor(uninitialized: [n, k])
+    var rng = SplitMix64(seed: 0)
+    for s in stride(from: 0, to: n, by: 128) {
+      let ids = Array(s..<min(s + 128, n))
+      let out = try Autograd.noGrad { model(Variable(try data.batch(ids, size: size)), training: false, rng: &rng) }
+      (logits.data + s * k).update(from: out.value.data, count: out.count)
+    }
+    return LinearProbe.score(logits: logits, labels: data.labels(Array(0..<n)))
+  }
+}

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MilanData
 import MilanTrain
 
 struct EvaluationOptions: ParsableArguments {
@@ -67,8 +68,24 @@ extension Milan {
     @OptionGroup var probe: ProbeOptions
     @Option(help: "k-NN neighbours.") var k = 20
     @Option(help: "k-NN temperature.") var temperature: Float = 0.07
+    @Option(help: "Score a finetuned classifier (classifier.safetensors from milan finetune) on the test split instead.")
+    var classifier: String?
 
     func run() throws {
+      if let classifier {
+        guard let dataDir = options.dataDir else { throw ValidationError("--classifier needs --data-dir") }
+        let model = try MilanTrain.Classifier.load(URL(fileURLWithPath: classifier))
+        let data = EvalImages(try DatasetLoader.open(dataDir, split: "test"), warn: say)
+        let s = try MilanTrain.Classifier.score(model, data: data, limit: options.testImages)
+        say(String(format: "| classifier | images | top-1 | top-5 | loss |\n| --- | ---: | ---: | ---: | ---: |\n"
+          + "| %@ | %d | %.2f %% | %.2f %% | %.4f |", classifier, s.count, s.top1 * 100, s.top5 * 100, s.loss))
+        if let json = options.json {
+          let enc = JSONEncoder()
+          enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+          try enc.encode(s).write(to: URL(fileURLWithPath: json), options: .atomic)
+        }
+        return
+      }
       var c = try options.config()
       try probe.apply(&c)
       c.k = k

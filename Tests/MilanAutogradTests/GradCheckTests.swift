@@ -14,6 +14,28 @@ private func expectAll(_ reports: [GradCheckReport]) {
   for r in reports { #expect(r.passed, "\(r)") }
 }
 
+/// [cls, unshuffle(visible ++ masked)] in float64: batch 2, K = 2, M = 3, D = 3.
+private func assembleReference(_ x: [[Double]], restore: [Int], clsBatch: Int) -> [Double] {
+  var out: [Double] = []
+  for bi in 0..<2 {
+    let c0 = clsBatch == 1 ? 0 : bi * 3
+    out += x[0][c0..<(c0 + 3)]
+    for i in 0..<5 {
+      let j = restore[bi * 5 + i]
+      let src: ArraySlice<Double>
+      if j < 2 {
+        let o = (bi * 2 + j) * 3
+        src = x[1][o..<(o + 3)]
+      } else {
+        let o = (bi * 3 + j - 2) * 3
+        src = x[2][o..<(o + 3)]
+      }
+      out += src
+    }
+  }
+  return out
+}
+
 @Suite struct GradCheckTests {
   @Test func linearBmm() {
     expectAll(GradCheck.run("linear", inputs: [randn([4, 3, 5], 1), randn([6, 5], 2), randn([6], 3)],
@@ -105,6 +127,18 @@ private func expectAll(_ reports: [GradCheckReport]) {
                             reference: { x in (0..<2).flatMap { bi in x[0] + x[1][(bi * 18)..<(bi * 18 + 18)] } }))
     expectAll(GradCheck.run("sliceTokens", inputs: [x], op: { sliceTokens($0[0], 1..<4) },
                             reference: { x in (0..<2).flatMap { bi in x[0][(bi * 18 + 3)..<(bi * 18 + 12)] } }))
+    // MILAN's [cls, unshuffle(visible ++ masked)] in one op: cls broadcast from batch 1, and per-sample cls.
+    let restore = IndexTensor(shape: [2, 5], values: [3, 0, 4, 1, 2, 1, 4, 0, 2, 3])
+    for clsBatch in [1, 2] {
+      expectAll(GradCheck.run("assembleTokens (cls batch \(clsBatch))",
+                              inputs: [randn([clsBatch, 1, 3], 30), randn([2, 2, 3], 31), randn([2, 3, 3], 32)],
+                              op: { assembleTokens(cls: $0[0], visible: $0[1], masked: $0[2], idsRestore: restore) },
+                              reference: { x in assembleReference(x, restore: restore.values, clsBatch: clsBatch) }))
+    }
+    // The in-place residual: the branch is a fresh result (here x·2 through affine).
+    expectAll(GradCheck.run("residualAdd", inputs: [randn([2, 4, 3], 33), randn([2, 4, 3], 34)],
+                            op: { residualAdd($0[0], $0[1].affine(2)) },
+                            reference: { x in zip(x[0], x[1]).map { $0 + 2 * $1 } }))
     let g = PatchGeometry(batch: 2, channels: 2, height: 4, width: 6, patch: 2)
     expectAll(GradCheck.run("patchEmbed", inputs: [randn([2, 2, 4, 6], 24), randn([3, 2, 2, 2], 25), randn([3], 26)],
                             op: { patchEmbed($0[0], weight: $0[1], bias: $0[2]) },

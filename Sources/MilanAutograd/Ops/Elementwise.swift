@@ -72,3 +72,18 @@ extension Variable {
     }
   }
 }
+
+/// The residual connection x + branch(x), computed in place in `branch`'s buffer: a transformer block's branch output
+/// (a linear layer's output, possibly scaled) is needed by nothing but this sum, so reusing its storage keeps one
+/// activation per residual fewer alive for the backward pass. `branch` must not be used anywhere else afterwards
+/// (its value now holds the sum); both inputs receive the incoming gradient.
+public func residualAdd(_ x: Variable, _ branch: Variable) -> Variable {
+  precondition(x.shape == branch.shape, "residualAdd: \(x.shape) vs \(branch.shape)")
+  precondition(!(branch is Parameter), "residualAdd: the branch must be a computed result, not a parameter")
+  let y = branch.value
+  Kernels.axpy(1, x: x.value.data, y: y.data, count: y.count)
+  return Autograd.result(y, [x, branch]) { g in
+    if x.requiresGrad { Kernels.axpy(1, x: g.data, y: x.gradBuffer().data, count: g.count) }
+    if branch.requiresGrad { Kernels.axpy(1, x: g.data, y: branch.gradBuffer().data, count: g.count) }
+  }
+}

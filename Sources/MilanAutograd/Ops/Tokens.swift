@@ -112,3 +112,42 @@ public func expandBatch(_ x: Variable, to batch: Int) -> Variable {
     for b in 0..<batch { Kernels.axpy(1, x: g.data + b * inner, y: d.data, count: inner) }
   }
 }
+
+/// MILAN's full token sequence in one step: [cls, unshuffle(visible ++ masked)] —
+/// out[b, 0] = cls[b] (cls may have batch 1), out[b, 1 + i] = (visible ++ masked)[b, idsRestore[b, i]].
+/// The same as concatTokens([cls, gatherTokens(concatTokens([visible, masked]), ids: idsRestore)]) without the two
+/// intermediate sequences. cls [B|1, 1, D], visible [B, K, D], masked [B, M, D], idsRestore [B, K + M] → [B, 1+K+M, D].
+public func assembleTokens(cls: Variable, visible: Variable, masked: Variable, idsRestore: IndexTensor) -> Variable {
+  let b = visible.shape[0], k = visible.shape[1], m = masked.shape[1], d = visible.shape[2], l = k + m
+  precondition(cls.shape.count == 3 && cls.shape[1] == 1 && cls.shape[2] == d && (cls.shape[0] == b || cls.shape[0] == 1)
+               && masked.shape == [b, m, d] && idsRestore.shape == [b, l],
+               "assembleTokens: cls \(cls.shape), visible \(visible.shape), masked \(masked.shape), ids \(idsRestore.shape)")
+  let y = Tensor(uninitialized: [b, 1 + l, d])
+  let ids = idsRestore.values
+  let clsStride = cls.shape[0] == 1 ? 0 : d
+  for n in 0..<b {
+    (y.data + n * (1 + l) * d).update(from: cls.value.data + n * clsStride, count: d)
+    for i in 0..<l {
+      let j = ids[n * l + i]
+      let src = j < k ? visible.value.data + (n * k + j) * d : masked.value.data + (n * m + j - k) * d
+      (y.data + (n * (1 + l) + 1 + i) * d).update(from: src, count: d)
+    }
+  }
+  return Autograd.result(y, [cls, visible, masked]) { g in
+    let gc = cls.requiresGrad ? cls.gradBuffer().data : nil
+    let gv = visible.requiresGrad ? visible.gradBuffer().data : nil
+    let gm = masked.requiresGrad ? masked.gradBuffer().data : nil
+    for n in 0..<b {
+      if let gc { Kernels.axpy(1, x: g.data + n * (1 + l) * d, y: gc + n * clsStride, count: d) }
+      for i in 0..<l {
+        let j = ids[n * l + i]
+        let row = g.data + (n * (1 + l) + 1 + i) * d
+        if j < k {
+          if let gv { Kernels.axpy(1, x: row, y: gv + (n * k + j) * d, count: d) }
+        } else if let gm {
+          Kernels.axpy(1, x: row, y: gm + (n * m + j - k) * d, count: d)
+        }
+      }
+    }
+  }
+}

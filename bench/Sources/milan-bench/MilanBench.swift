@@ -272,14 +272,26 @@ struct MilanBench: ParsableCommand {
       var stepRNG = SplitMix64(seed: 1)
       BufferPool.shared.resetPeak()
       let before = BufferPool.shared.stats.live
+      let trace = ProcessInfo.processInfo.environment["MILAN_TRACE_MEM"] != nil
+      func mark(_ what: String) {
+        guard trace else { return }
+        let s = BufferPool.shared.stats
+        FileHandle.standardError.write("  [\(what)] live \((s.live - before) / 1_000_000) MB, peak \((s.peak - before) / 1_000_000) MB, cached \(s.cached / 1_000_000) MB\n".data(using: .utf8)!)
+      }
       record("milan_step", conf) {
+        mark("start")
         let t = teacher.encode(timgs)
+        mark("teacher")
         let m = Masking.semanticAware(importance: t.clsAttention, expNoise: Masking.expNoise([st.batch, l], rng: &stepRNG),
                                       maskRatio: 0.75)
-        let pred = model.forwardDecoder(model.forwardEncoder(Variable(simgs), masking: m, rng: &stepRNG), masking: m,
-                                        rng: &stepRNG)
+        let latent = model.forwardEncoder(Variable(simgs), masking: m, rng: &stepRNG)
+        mark("encoder")
+        let pred = model.forwardDecoder(latent, masking: m, rng: &stepRNG)
+        mark("forward")
         cosineLoss(pred, target: t.features).backward()
+        mark("backward")
         opt.step()
+        mark("adamw")
         opt.zeroGrad()
       }
       let peak = Double(BufferPool.shared.stats.peak - before) / 1e6
