@@ -11,7 +11,7 @@ public enum DataLoadError: Error, CustomStringConvertible, Equatable {
   public var description: String {
     switch self {
     case .tooManyUnreadable(let f, let t, let a, let last):
-      return "data: \(f) of \(t) images could not be read (at most \(a) allowed; see maxUnreadableFraction). "
+      return "data: \(f) of \(t) images could not be read (at most \(a) allowed: raise maxUnreadableFraction, `--max-unreadable` on the command line, or fix the files). "
         + "Last failure: \(last)"
     case .nothingReadable(let t): return "data: none of the \(t) images could be read"
     }

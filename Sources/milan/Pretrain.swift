@@ -36,6 +36,8 @@ extension Milan {
     var decoder: String?
     @Option(help: "RandomResizedCrop + flip each step with the teacher on the same crops: true/false.")
     var augment: Bool?
+    @Option(help: "Fraction of unreadable images tolerated (skipped and counted) before the run stops; default 0.01.")
+    var maxUnreadable: Double?
     @Flag(help: "Feature loss on the masked patches only (the paper) instead of all tokens (the released code).")
     var maskedLossOnly = false
     @Flag(help: "Print the resolved configuration as JSON and exit (a starting point for --config).")
@@ -71,6 +73,7 @@ extension Milan {
       if let gradClip { c.gradClip = gradClip }
       if let augment { c.augment = augment }
       if maskedLossOnly { c.maskedLossOnly = true }
+      if let maxUnreadable { c.maxUnreadableFraction = maxUnreadable }
       if let decoder {
         guard let d = MILANConfig.Decoder(rawValue: decoder) else {
           throw ValidationError("--decoder must be prompting, mae or kd, got \(decoder)")
