@@ -89,6 +89,11 @@ extension IDXDataset: ImageDataset {
 
 /// Opens `path` as IDX (a folder with train-images-idx3-ubyte[.gz]) or as an image folder.
 public enum DatasetLoader {
+  /// Whether `path` holds IDX files (train-images-idx3-ubyte, optionally gzipped).
+  public static func isIDX(_ path: String) -> Bool {
+    ["", ".gz"].contains { FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("train-images-idx3-ubyte" + $0)) }
+  }
+
   /// `split` "train" or "test": IDX train-* / t10k-* files, or the image folder's train/ and val/ (or test/)
   /// sub-folders; a folder without them is used as it is for either split.
   public static func open(_ path: String, split: String = "train") throws -> any ImageDataset {

@@ -7,9 +7,9 @@ extension Milan {
     static let configuration = CommandConfiguration(
       abstract: "Finetune a pretrained encoder end to end (MAE/MILAN recipe) and report top-1 / top-5 on the test split.",
       discussion: """
-        AdamW (0.9, 0.999) with layer-wise lr decay, drop path, RandomResizedCrop(0.08–1) + flip + RandAugment
-        rand-m9-mstd0.5-inc1 + RandomErasing(0.25), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1, mean pooling +
-        fc_norm + a new head; evaluation with Resize(size/0.875) + CenterCrop (IDX digits: resized only).
+        AdamW (0.9, 0.999) with layer-wise lr decay, drop path, RandomResizedCrop(0.08–1) + flip + RandAugment \
+        rand-m9-mstd0.5-inc1 + RandomErasing(0.25), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1, mean pooling + \
+        fc_norm + a new head; evaluation with Resize(size/0.875) + CenterCrop (IDX digits: resized only). \
         Writes classifier.safetensors (timm names, global_pool="avg") and finetune.json to the output folder.
         """)
 

