@@ -26,6 +26,8 @@ public struct EvaluationConfig: Codable, Sendable {
   public var semanticKeep: Double? = nil
   public var baselines = true
   public var seed: UInt64 = 123
+  /// Unreadable images tolerated per split, as a fraction, before the evaluation stops.
+  public var maxUnreadableFraction = 0.01
   public init(checkpoint: String) { self.checkpoint = checkpoint }
 }
 
@@ -58,8 +60,10 @@ public enum Evaluation {
     let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: ckpt.appendingPathComponent("state.json")))
     let cfg = state.config
     let dataDir = c.dataDir ?? cfg.dataDir
-    let train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), warn: log)
-    let test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), warn: log)
+    let train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction,
+                           warn: log)
+    let test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction,
+                          warn: log)
     var rng = SplitMix64(seed: c.seed)
     var a = Array(0..<train.dataset.count), b = Array(0..<test.dataset.count)
     a.shuffle(using: &rng)

@@ -13,6 +13,7 @@ struct EvaluationOptions: ParsableArguments {
   var pool = "token"
   @Option(help: "Write the results as JSON here.") var json: String?
   @Flag(help: "Skip the random-encoder, teacher and raw-pixel baselines.") var noBaselines = false
+  @Option(help: "Fraction of unreadable images tolerated (skipped and counted) per split.") var maxUnreadable = 0.01
 
   func config() throws -> EvaluationConfig {
     var c = EvaluationConfig(checkpoint: checkpoint)
@@ -23,6 +24,7 @@ struct EvaluationOptions: ParsableArguments {
     guard let p = FeaturePool(rawValue: pool) else { throw ValidationError("--pool must be token or mean") }
     c.pool = p
     c.baselines = !noBaselines
+    c.maxUnreadableFraction = maxUnreadable
     return c
   }
 
