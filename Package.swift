@@ -62,7 +62,7 @@ let package = Package(
     .target(name: "MilanAutograd", dependencies: ["MilanTensor"]),
     .target(
       name: "MilanNN",
-      dependencies: ["MilanAutograd", "MilanTensor", .product(name: "RealModule", package: "swift-numerics")]),
+      dependencies: ["CMilanKernels", "MilanAutograd", "MilanTensor", .product(name: "RealModule", package: "swift-numerics")]),
     .target(name: "MilanModels", dependencies: ["MilanNN", "MilanAutograd", "MilanTensor", "MilanIO"]),
     .executableTarget(
       name: "milan",

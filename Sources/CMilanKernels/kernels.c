@@ -668,3 +668,49 @@ void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows
 #endif
   log_softmax_bwd_scalar(y, dy, dx, rows, n, accumulate);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// AdamW
+
+static inline void s_adamw(float *w, const float *g, float *m, float *v, long i, float decay, float b1c, float b2,
+                           float b2c, float step_size, float bc2_sqrt, float eps) {
+  float gi = g[i];
+  float wi = w[i] * decay;
+  float mi = m[i] + b1c * (gi - m[i]);
+  float vi = b2 * v[i] + b2c * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  w[i] = wi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+}
+
+#if MILAN_X86
+__attribute__((target("avx2"))) static void adamw_avx2(float *w, const float *g, float *m, float *v, long n,
+                                                      float decay, float b1c, float b2, float b2c, float step_size,
+                                                      float bc2_sqrt, float eps) {
+  const __m256 vdecay = _mm256_set1_ps(decay), vb1c = _mm256_set1_ps(b1c), vb2 = _mm256_set1_ps(b2);
+  const __m256 vb2c = _mm256_set1_ps(b2c), vstep = _mm256_set1_ps(step_size), vbc2 = _mm256_set1_ps(bc2_sqrt);
+  const __m256 veps = _mm256_set1_ps(eps);
+  long i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 gi = _mm256_loadu_ps(g + i), mi = _mm256_loadu_ps(m + i), vi = _mm256_loadu_ps(v + i);
+    __m256 wi = _mm256_mul_ps(_mm256_loadu_ps(w + i), vdecay);
+    mi = _mm256_add_ps(mi, _mm256_mul_ps(vb1c, _mm256_sub_ps(gi, mi)));
+    vi = _mm256_add_ps(_mm256_mul_ps(vb2, vi), _mm256_mul_ps(_mm256_mul_ps(vb2c, gi), gi));
+    __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), vbc2), veps);
+    wi = _mm256_sub_ps(wi, _mm256_div_ps(_mm256_mul_ps(vstep, mi), den));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    _mm256_storeu_ps(w + i, wi);
+  }
+  for (; i < n; i++) s_adamw(w, g, m, v, i, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps);
+}
+#endif
+
+void milan_adamw_step(float *w, const float *g, float *m, float *v, long n, float decay, float b1, float b2,
+                      float step_size, float bc2_sqrt, float eps) {
+  const float b1c = 1.0f - b1, b2c = 1.0f - b2;
+#if MILAN_X86
+  if (milan_simd_level() > 0) { adamw_avx2(w, g, m, v, n, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps); return; }
+#endif
+  for (long i = 0; i < n; i++) s_adamw(w, g, m, v, i, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps);
+}

@@ -62,6 +62,35 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     }
   }
 
+  /// The AdamW kernel against the same update in float64, on both SIMD paths (which must agree bit for bit: no FMA).
+  @Test func adamwKernelMatchesFloat64OnBothSIMDPaths() {
+    let n = 1037  // SIMD body and a scalar tail
+    var rng = SplitMix64(seed: 41)
+    let w0 = (0..<n).map { _ in rng.nextNormal() }, g = (0..<n).map { _ in 0.01 * rng.nextNormal() }
+    let m0 = (0..<n).map { _ in 0.001 * rng.nextNormal() }, v0 = (0..<n).map { _ in 1e-5 * rng.nextUniform() }
+    let (lr, wd, b1, b2, eps): (Double, Double, Double, Double, Double) = (1e-3, 0.05, 0.9, 0.95, 1e-8)
+    let stepSize = lr / (1 - b1 * b1 * b1), bc2 = (1 - b2 * b2 * b2).squareRoot()  // t = 3
+    var results: [[Float]] = []
+    forEachSIMDLevel { level in
+      var w = w0, m = m0, v = v0
+      milan_adamw_step(&w, g, &m, &v, n, Float(1 - lr * wd), Float(b1), Float(b2), Float(stepSize), Float(bc2), Float(eps))
+      var worst = 0.0
+      for i in 0..<n {
+        let mi = Double(m0[i]) + (1 - b1) * (Double(g[i]) - Double(m0[i]))
+        let vi = b2 * Double(v0[i]) + (1 - b2) * Double(g[i]) * Double(g[i])
+        let wi = Double(w0[i]) * (1 - lr * wd) - stepSize * mi / (vi.squareRoot() / bc2 + eps)
+        worst = max(worst, abs(Double(w[i]) - wi) / (1e-6 + abs(wi)))
+        // float32 rounding of the inputs' scale, not of the (possibly cancelling) result
+        let mScale = abs(Double(m0[i])) + abs(Double(g[i])), vScale = Double(v0[i]) + Double(g[i]) * Double(g[i])
+        #expect(abs(Double(m[i]) - mi) <= 1e-6 * mScale && abs(Double(v[i]) - vi) <= 1e-6 * vScale)
+      }
+      #expect(worst < 1e-5, "AdamW level \(level): max rel diff \(worst)")
+      print("ok  AdamW kernel (SIMD level \(level)) vs float64: max rel diff \(worst)")
+      results.append(w + m + v)
+    }
+    if results.count == 2 { #expect(results[0] == results[1], "the AVX2 and portable AdamW paths differ") }
+  }
+
   @Test func activationsMatchNaiveOnBothSIMDPaths() {
     var rng = SplitMix64(seed: 11)
     let n = 100_003  // several chunks and a SIMD tail

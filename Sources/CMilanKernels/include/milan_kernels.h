@@ -45,6 +45,13 @@ void milan_log_softmax_fwd(const float *x, float *y, long rows, long n);
 // dx += dy - exp(y) * sum(dy) (dx = ... when accumulate == 0).
 void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n, int accumulate);
 
+// One AdamW update (PyTorch's torch.optim.AdamW, single-tensor) over n elements:
+//   w *= decay (= 1 - lr * weight_decay); m += (1 - b1) * (g - m); v = b2 * v + (1 - b2) * g * g;
+//   w -= step_size * m / (sqrt(v) / bc2_sqrt + eps)   with step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t).
+// The AVX2 body uses separate multiplies and adds (no FMA) and IEEE sqrt/div, so both paths give identical bits.
+void milan_adamw_step(float *w, const float *g, float *m, float *v, long n, float decay, float b1, float b2,
+                      float step_size, float bc2_sqrt, float eps);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,6 +3,7 @@
 //   p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + ε)
 // Parameter groups follow timm 0.3.2 `add_weight_decay` as MAE/MILAN use it: no decay for 1-D tensors and names
 // ending in ".bias", decay for everything else (including cls_token and mask_token); frozen tables are left out.
+import CMilanKernels
 import MilanAutograd
 import MilanTensor
 
@@ -67,13 +68,8 @@ public final class AdamW {
         nonisolated(unsafe) let w = p.value.data, gr = grad.data, m = s.expAvg.data, v = s.expAvgSq.data
         let b1 = beta1, b2 = beta2, eps = eps
         Parallel.forEachChunk(p.count, minChunk: 1 << 15) { r in
-          for i in r {
-            w[i] *= decay
-            let gi = gr[i]
-            m[i] += (1 - b1) * (gi - m[i])
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi
-            w[i] -= stepSize * m[i] / (v[i].squareRoot() / bc2Sqrt + eps)
-          }
+          milan_adamw_step(w + r.lowerBound, gr + r.lowerBound, m + r.lowerBound, v + r.lowerBound, r.count, decay,
+                           b1, b2, stepSize, bc2Sqrt, eps)
         }
       }
     }
