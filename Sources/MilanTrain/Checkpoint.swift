@@ -2,6 +2,7 @@
 // (`<key>.exp_avg`, `<key>.exp_avg_sq`) and `state.json` (epoch, step, RNG, config). Every file is written to a
 // temporary name and renamed, so an interrupted write never leaves a broken checkpoint behind.
 import Foundation
+import MilanAutograd
 import MilanIO
 import MilanModels
 import MilanNN
@@ -85,5 +86,30 @@ public enum Checkpoint {
     }
     optimizer.restore(state: moments, stepCount: Int(of.metadata["step"] ?? "") ?? state.step)
     return state
+  }
+
+  /// AdamW moments (`<key>.exp_avg`, `<key>.exp_avg_sq`) and the step count, atomically.
+  public static func saveOptimizer(_ optimizer: AdamW, to url: URL) throws {
+    var o = SafeTensorsWriter(metadata: ["format": "pt", "step": String(optimizer.stepCount)])
+    for (k, s) in optimizer.state.sorted(by: { $0.key < $1.key }) {
+      try o.add(name: k + ".exp_avg", tensor: s.expAvg)
+      try o.add(name: k + ".exp_avg_sq", tensor: s.expAvgSq)
+    }
+    try o.write(to: url)
+  }
+
+  /// Restores what `saveOptimizer` wrote; every moment must match its parameter's shape.
+  public static func loadOptimizer(_ optimizer: AdamW, parameters: [(String, Parameter)], from url: URL) throws {
+    let of = try SafeTensorsFile(contentsOf: url)
+    var moments: [String: (expAvg: Tensor, expAvgSq: Tensor)] = [:]
+    var bad: [String] = []
+    for (k, p) in parameters {
+      guard (try? of.info(k + ".exp_avg")) != nil else { continue }
+      let m = try of.tensor(k + ".exp_avg"), v = try of.tensor(k + ".exp_avg_sq")
+      if m.shape != p.shape || v.shape != p.shape { bad.append("\(k) optimizer state \(m.shape) vs \(p.shape)") }
+      moments[k] = (m, v)
+    }
+    guard bad.isEmpty else { throw LoadError(missing: [], unexpected: [], mismatched: bad) }
+    optimizer.restore(state: moments, stepCount: Int(of.metadata["step"] ?? "") ?? 0)
   }
 }

@@ -43,6 +43,15 @@ public struct FinetuneConfig: Codable, Sendable {
   }
 }
 
+/// Where a finetuning run stands after a completed epoch (finetune-state.json).
+public struct FinetuneState: Codable, Sendable {
+  public var epochsDone: Int
+  public var rng: SplitMix64
+  public var best: ClassificationScore
+  public var last: ClassificationScore
+  public var trainLoss: Double
+}
+
 public struct FinetuneResult: Codable, Sendable {
   public var epochs: Int
   public var test: ClassificationScore
@@ -150,7 +159,10 @@ public final class Finetuner: @unchecked Sendable {
     return LinearProbe.score(logits: logits, labels: test.labels(indices))
   }
 
-  public func run() throws -> FinetuneResult {
+  /// Trains to `config.epochs`; with `resume`, continues from the last completed epoch written in the output folder
+  /// (classifier.safetensors, finetune-optimizer.safetensors, finetune-state.json — written at every epoch end, the
+  /// state last), exactly as an uninterrupted run would.
+  public func run(resume: Bool = false) throws -> FinetuneResult {
     let c = config
     let out = URL(fileURLWithPath: c.outputDir)
     try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
@@ -166,9 +178,19 @@ public final class Finetuner: @unchecked Sendable {
     var best = ClassificationScore(top1: 0, top5: 0, loss: .infinity, count: 0)
     var last = best
     var trainLoss = 0.0
+    var firstEpoch = 0
+    if resume {
+      let s = try JSONDecoder().decode(FinetuneState.self,
+                                       from: Data(contentsOf: out.appendingPathComponent("finetune-state.json")))
+      try model.load(try SafeTensorsFile(contentsOf: out.appendingPathComponent("classifier.safetensors")).tensors())
+      try Checkpoint.loadOptimizer(optimizer, parameters: model.trainableParameters(),
+                                   from: out.appendingPathComponent("finetune-optimizer.safetensors"))
+      (firstEpoch, rng, best, last, trainLoss) = (s.epochsDone, s.rng, s.best, s.last, s.trainLoss)
+      log("resuming finetuning after epoch \(firstEpoch) (optimizer step \(optimizer.stepCount))")
+    }
     let t0 = Date()
     interrupted = false
-    for epoch in 0..<c.epochs {
+    for epoch in firstEpoch..<c.epochs {
       var order = trainIdx
       order.shuffle(using: &rng)
       let fixedOrder = order, batchSize = c.batchSize
@@ -191,8 +213,8 @@ public final class Finetuner: @unchecked Sendable {
         optimizer.zeroGrad()
         sum += Double(v)
         if shouldStop() {
-          try save(to: out)
-          log("interrupted: weights written to \(out.appendingPathComponent("classifier.safetensors").path)")
+          log("interrupted in epoch \(epoch + 1); the checkpoint after epoch \(epoch) in \(out.path) is intact — "
+            + "continue with --resume")
           interrupted = true
           return FinetuneResult(epochs: epoch, test: last, best: best, trainLoss: sum / Double(it + 1))
         }
@@ -204,8 +226,12 @@ public final class Finetuner: @unchecked Sendable {
         log(String(format: "finetune epoch %d/%d: train loss %.4f, test top-1 %.2f %% top-5 %.2f %% (%.0f s)", epoch + 1,
                    c.epochs, trainLoss, last.top1 * 100, last.top5 * 100, Date().timeIntervalSince(t0)))
       }
+      // Weights and optimizer first, the state last: a state file always refers to complete files.
+      try save(to: out)
+      try Checkpoint.saveOptimizer(optimizer, to: out.appendingPathComponent("finetune-optimizer.safetensors"))
+      let state = FinetuneState(epochsDone: epoch + 1, rng: rng, best: best, last: last, trainLoss: trainLoss)
+      try JSONEncoder().encode(state).write(to: out.appendingPathComponent("finetune-state.json"), options: .atomic)
     }
-    try save(to: out)
     let result = FinetuneResult(epochs: c.epochs, test: last, best: best, trainLoss: trainLoss)
     let enc = JSONEncoder()
     enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -215,7 +241,9 @@ public final class Finetuner: @unchecked Sendable {
 
   /// The classifier under timm's names (`vit_*` with global_pool="avg"), atomically.
   public func save(to dir: URL) throws {
-    let cfg = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
+    let sorted = JSONEncoder()
+    sorted.outputFormatting = [.sortedKeys]  // deterministic bytes: equal runs give equal files
+    let cfg = String(decoding: try sorted.encode(model.config), as: UTF8.self)
     var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.vit_config": cfg])
     for (k, p) in model.namedParameters() { try w.add(name: k, tensor: p.value) }
     try w.write(to: dir.appendingPathComponent("classifier.safetensors"))

@@ -28,6 +28,7 @@ extension Milan {
     @Option(help: "Training images (seeded subset).") var trainImages: Int?
     @Option(help: "Test images (seeded subset).") var testImages: Int?
     @Option var seed: UInt64 = 0
+    @Flag(help: "Continue from the last completed epoch in the output folder.") var resume = false
 
     func run() throws {
       var c = FinetuneConfig(checkpoint: checkpoint, outputDir: output)
@@ -46,7 +47,7 @@ extension Milan {
       c.seed = seed
       StopSignal.install()
       let f = try Finetuner(c, log: say)
-      let r = try f.run()
+      let r = try f.run(resume: resume)
       if f.interrupted { return }
       say(String(format: "finetuned: test top-1 %.2f %%, top-5 %.2f %% (best top-1 %.2f %%); %@/classifier.safetensors",
                  r.test.top1 * 100, r.test.top5 * 100, r.best.top1 * 100, output))

@@ -37,6 +37,41 @@ import Testing
     #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("finetune.json").path))
   }
 
+  @Test func interruptedFinetuningResumesBitForBit() throws {
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
+    let pre = tempDir("ft-pre2"), a = tempDir("ft-a"), b = tempDir("ft-b")
+    defer { for d in [pre, a, b] { try? FileManager.default.removeItem(at: d) } }
+    _ = try Pretrainer(folderConfig(pre), teacher: try clipFixtureTeacher(), log: { _ in }).run()
+    func config(_ out: URL) -> FinetuneConfig {
+      var c = FinetuneConfig(checkpoint: pre.path, outputDir: out.path)
+      c.epochs = 3
+      c.warmupEpochs = 1
+      c.batchSize = 2
+      c.blr = 1e-2
+      c.maxUnreadableFraction = 0.2
+      return c
+    }
+    let whole = try Finetuner(config(a), log: { _ in }).run()
+    let first = try Finetuner(config(b), log: { _ in })
+    var calls = 0
+    first.shouldStop = { calls += 1; return calls == 5 }  // 3 steps per epoch: inside the second epoch
+    _ = try first.run()
+    #expect(first.interrupted)
+    let second = try Finetuner(config(b), log: { _ in })
+    second.shouldStop = { false }
+    let resumed = try second.run(resume: true)
+    #expect(resumed.trainLoss == whole.trainLoss && resumed.test == whole.test)
+    let fa = try SafeTensorsFile(contentsOf: a.appendingPathComponent("classifier.safetensors")).tensors()
+    let fb = try SafeTensorsFile(contentsOf: b.appendingPathComponent("classifier.safetensors")).tensors()
+    #expect(fa.keys.sorted() == fb.keys.sorted())
+    for (k, t) in fa.sorted(by: { $0.key < $1.key }) {
+      #expect(t.toArray() == fb[k]?.toArray(), "\(k) differs after resume")
+    }
+    #expect(try Data(contentsOf: a.appendingPathComponent("classifier.safetensors"))
+      == Data(contentsOf: b.appendingPathComponent("classifier.safetensors")), "classifier files differ")
+  }
+
   @Test func oddBatchWithMixupIsRefused() throws {
     var c = FinetuneConfig(checkpoint: "/nonexistent", outputDir: "/tmp/x")
     c.batchSize = 3
