@@ -4,6 +4,14 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Codable, Equatable {
   public var state: UInt64
   public init(seed: UInt64) { state = seed }
 
+  /// A generator for step `iteration` of `epoch` that does not depend on how many draws came before, so a resumed
+  /// run makes the same augmentation draws; `stream` keeps different uses apart.
+  public static func forStep(seed: UInt64, epoch: Int, iteration: Int, stream: UInt64) -> SplitMix64 {
+    var g = SplitMix64(seed: seed ^ (UInt64(epoch + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(iteration + 1) &* stream))
+    _ = g.next()
+    return g
+  }
+
   public mutating func next() -> UInt64 {
     state &+= 0x9E37_79B9_7F4A_7C15
     var z = state

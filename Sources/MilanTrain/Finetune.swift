@@ -120,8 +120,7 @@ public final class Finetuner: @unchecked Sendable {
 
   func trainBatch(_ ids: [Int], epoch: Int, iteration: Int) throws -> Batch {
     let c = config
-    var rng = SplitMix64(seed: c.seed ^ (UInt64(epoch + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(iteration + 1) &* 0xD1B5_4A32_D192_ED03))
-    _ = rng.next()
+    var rng = SplitMix64.forStep(seed: c.seed, epoch: epoch, iteration: iteration, stream: 0xD1B5_4A32_D192_ED03)
     let size = imageSize
     let x = Tensor(uninitialized: [ids.count, 3, size, size])
     let erase = RandomErasing(probability: c.reprob)

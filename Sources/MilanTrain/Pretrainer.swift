@@ -247,8 +247,7 @@ public final class Pretrainer: @unchecked Sendable {
 
   func augmentedBatch(_ ids: [Int], epoch: Int, iteration: Int) throws -> AugmentedBatch {
     let c = config
-    var rng = SplitMix64(seed: c.seed ^ (UInt64(epoch + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(iteration + 1) &* 0xBF58_476D_1CE4_E5B9))
-    _ = rng.next()
+    var rng = SplitMix64.forStep(seed: c.seed, epoch: epoch, iteration: iteration, stream: 0xBF58_476D_1CE4_E5B9)
     let images = try ids.map { try loader.load($0).image }
     let draws = images.map {
       Transforms.drawCrop(height: $0.height, width: $0.width, scale: c.cropScale[0]...c.cropScale[1],
