@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from make_model_fixtures import assert_close, canonicalize_header, gen, randn, sha256_file  # noqa: E402
+from make_model_fixtures import assert_close, gen, randn  # noqa: E402
+from reference_compat import sha256_file, write_fixture  # noqa: E402
 
 import timm  # noqa: E402  (make_model_fixtures already applied skip_torchvision_fakes)
 from timm.data import Mixup  # noqa: E402
@@ -571,24 +571,10 @@ def main():
     total = 0
     for fn in FILES:
         result, extra = fn(ctx)
-        tensors = {}
-        for name, t in result.items():
-            t = t.detach().contiguous()
-            assert t.dtype in (torch.float32, torch.float64, torch.int64), (fn.__name__, name, t.dtype)
-            assert torch.isfinite(t.double()).all(), (fn.__name__, name)
-            tensors[name] = t
-        metadata = {**BASE_METADATA, **extra}
-        path = os.path.join(args.out, fn.__name__ + ".safetensors")
-        save_file(tensors, path, metadata=metadata)
-        canonicalize_header(path, metadata)
-        size = os.path.getsize(path)
-        assert size < MAX_BYTES, (path, size)
+        size, _ = write_fixture(os.path.join(args.out, fn.__name__ + ".safetensors"), result,
+                                {**BASE_METADATA, **extra}, (torch.float32, torch.float64, torch.int64), MAX_BYTES,
+                                28 if args.list else None, REPO)
         total += size
-        print(f"wrote {os.path.relpath(path, REPO)} ({len(tensors)} tensors, {size} bytes) sha256 {sha256_file(path)}",
-              file=sys.stderr)
-        if args.list:
-            for name, t in tensors.items():
-                print(f"  {name:28s} {str(t.dtype):14s} {list(t.shape)}", file=sys.stderr)
     path = os.path.join(args.out, "layer_decay.json")
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(layer_decay_json(ctx), indent=1) + "\n")

@@ -14,13 +14,11 @@ import argparse
 import json
 import math
 import os
-import sys
 
 import torch
 
-from reference_compat import canonicalize_header
+from reference_compat import write_fixture
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "Tests", "Fixtures", "kernels")
@@ -260,19 +258,8 @@ def main():
     torch.set_num_threads(1)  # single-threaded reductions: bit-identical output run to run
     os.makedirs(args.out, exist_ok=True)
     for fn in FILES:
-        tensors = {}
-        for name, t in fn().items():
-            t = t.detach().contiguous()
-            assert t.dtype in (torch.float32, torch.int64), (fn.__name__, name, t.dtype)
-            tensors[name] = t
-        path = os.path.join(args.out, fn.__name__ + ".safetensors")
-        save_file(tensors, path, metadata=METADATA)
-        canonicalize_header(path, METADATA)
-        print(f"wrote {os.path.relpath(path, REPO)} ({len(tensors)} tensors, {os.path.getsize(path)} bytes)",
-              file=sys.stderr)
-        if args.list:
-            for name, t in tensors.items():
-                print(f"  {name:18s} {str(t.dtype):14s} {list(t.shape)}", file=sys.stderr)
+        write_fixture(os.path.join(args.out, fn.__name__ + ".safetensors"), fn(), METADATA,
+                      (torch.float32, torch.int64), 1 << 20, 18 if args.list else None, REPO, finite=False)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
-from make_model_fixtures import (CLIP, assert_close, canonicalize_header, clip_reference, gen, randn,  # noqa: E402
-                                 sha256_file)
+from make_model_fixtures import CLIP, assert_close, clip_reference, gen, randn  # noqa: E402
+from reference_compat import write_fixture  # noqa: E402
 import milan_reference as mr  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -391,22 +390,8 @@ def main():
         keys = [k for f in files.values() for k in f]
         assert len(keys) == len(set(keys)), "duplicate key across a variant's files"
         for fname, result in files.items():
-            tensors = {}
-            for k, t in result.items():
-                t = t.detach().contiguous()
-                assert t.dtype in (torch.float32, torch.int64), (fname, k, t.dtype)
-                assert torch.isfinite(t.float()).all(), (fname, k)
-                tensors[k] = t
-            path = os.path.join(args.out, fname + ".safetensors")
-            save_file(tensors, path, metadata=metadata)
-            canonicalize_header(path, metadata)
-            size = os.path.getsize(path)
-            assert size < 700_000, (path, size)
-            print(f"wrote {os.path.relpath(path, REPO)} ({len(tensors)} tensors, {size} bytes, "
-                  f"sha256 {sha256_file(path)[:16]})", file=sys.stderr)
-            if args.list:
-                for k, t in tensors.items():
-                    print(f"  {k:44s} {str(t.dtype):14s} {list(t.shape)}", file=sys.stderr)
+            write_fixture(os.path.join(args.out, fname + ".safetensors"), result, metadata,
+                          (torch.float32, torch.int64), 700_000, 44 if args.list else None, REPO)
         print(f"  {name}: loss {files['step_' + name]['loss'].item():.6f}, losses_10 "
               f"{[round(x, 4) for x in files['step_' + name + '_adamw']['losses_10'].tolist()]}", file=sys.stderr)
 

@@ -25,7 +25,6 @@ re-running gives identical bytes. Every model output is cross-checked against a 
 """
 import argparse
 import glob
-import hashlib
 import json
 import math
 import os
@@ -36,9 +35,8 @@ import zipfile
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from reference_compat import canonicalize_header, skip_torchvision_fakes  # noqa: E402
+from reference_compat import sha256_file, skip_torchvision_fakes, write_fixture  # noqa: E402
 
 skip_torchvision_fakes()
 
@@ -126,14 +124,6 @@ def resize_grid_pos(pos, grid_old, grid_new, antialias=False):
     grid = grid.reshape(1, grid_old, grid_old, D).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(grid_new, grid_new), mode="bicubic", align_corners=False, antialias=antialias)
     return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(grid_new * grid_new, D)], 0)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- 1. timm ViT
@@ -618,22 +608,8 @@ def main():
     ctx = {"cache": args.cache}
     for fn in FILES:
         result, extra = fn(ctx)
-        tensors = {}
-        for name, t in result.items():
-            t = t.detach().contiguous()
-            assert t.dtype in (torch.float32, torch.int64, torch.uint8), (fn.__name__, name, t.dtype)
-            assert torch.isfinite(t.float()).all(), (fn.__name__, name)
-            tensors[name] = t
-        metadata = {**BASE_METADATA, **extra}
-        path = os.path.join(args.out, fn.__name__ + ".safetensors")
-        save_file(tensors, path, metadata=metadata)
-        canonicalize_header(path, metadata)
-        size = os.path.getsize(path)
-        assert size < 1 << 20, (path, size)
-        print(f"wrote {os.path.relpath(path, REPO)} ({len(tensors)} tensors, {size} bytes)", file=sys.stderr)
-        if args.list:
-            for name, t in tensors.items():
-                print(f"  {name:52s} {str(t.dtype):14s} {list(t.shape)}", file=sys.stderr)
+        write_fixture(os.path.join(args.out, fn.__name__ + ".safetensors"), result, {**BASE_METADATA, **extra},
+                      (torch.float32, torch.int64, torch.uint8), 1 << 20, 52 if args.list else None, REPO)
     print(f"timm bicubic antialias=True vs False on the 4->6 pos-embed upsample: max diff "
           f"{ctx['timm_aa_vs_noaa']:.3g}; HF CLIP vs explicit: {ctx['clip_hf_err']:.3g}; ONNX vs PyTorch: "
           f"{ctx['onnx_errs']}", file=sys.stderr)

@@ -48,3 +48,32 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_fixture(path, tensors, metadata, dtypes, max_bytes, list_width=None, repo=None, finite=True):
+    """Writes one fixture file: every tensor detached and contiguous, of an allowed dtype (and finite), saved with
+    `metadata`, header canonicalised, size checked. Prints a line (and, with `list_width`, one per tensor) to stderr
+    and returns (size, sha256)."""
+    import os
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().contiguous()
+        assert t.dtype in dtypes, (path, name, t.dtype)
+        if finite:
+            assert torch.isfinite(t.double()).all(), (path, name)
+        out[name] = t
+    save_file(out, path, metadata=metadata)
+    canonicalize_header(path, metadata)
+    size = os.path.getsize(path)
+    assert size < max_bytes, (path, size)
+    digest = sha256_file(path)
+    shown = os.path.relpath(path, repo) if repo else path
+    print(f"wrote {shown} ({len(out)} tensors, {size} bytes, sha256 {digest[:16]})", file=sys.stderr)
+    if list_width:
+        for name, t in out.items():
+            print(f"  {name:{list_width}s} {str(t.dtype):14s} {list(t.shape)}", file=sys.stderr)
+    return size, digest
