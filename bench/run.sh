@@ -11,7 +11,11 @@ mkdir -p bench/results
 swift build -c release --product milan-bench
 sw=(); th=()
 for r in $(seq 1 "$ROUNDS"); do
-  .build/release/milan-bench --out "bench/results/swift.$r.json" "$@"
+  # OpenBLAS's own worker threads (used only by the raw-OpenBLAS GEMM rows) spin for a while after each call; on 2
+  # cores that spinning thread would take a core from the library call timed right after it (per-call times
+  # measured 2026-11-29: ours alternated between ~20 and ~38 ms on M=3200 N=1152 K=384). A short timeout lets
+  # them sleep at once, so both sides of each pair start from the same state.
+  OPENBLAS_THREAD_TIMEOUT=4 .build/release/milan-bench --out "bench/results/swift.$r.json" "$@"
   "$PY" bench/bench_torch.py --out "bench/results/torch.$r.json" "$@"
   sw+=("bench/results/swift.$r.json"); th+=("bench/results/torch.$r.json")
 done

@@ -3,6 +3,8 @@
 // Its PyTorch twin is bench/bench_torch.py (same configs, same op names and config strings, same timing rule:
 // 3 warm-up calls, then at least 10 calls and 0.5 s; best and median per call). bench/run.sh runs both and writes
 // docs/benchmarks.md.
+// Diagnostics (stderr): MILAN_TRACE_MEM=1 prints each MILAN-step phase's time and the tensor pool's memory;
+// MILAN_BENCH_TIMES=1 prints every call of the interleaved GEMM pairs.
 import ArgumentParser
 import Foundation
 import MilanAutograd
@@ -65,6 +67,7 @@ func timeOp(_ body: () -> Void) -> (best: Double, median: Double, calls: Int) {
 }
 
 /// Alternates calls of `a` and `b` (after 3 warm-ups each) until each has run ≥ 20 times and ≥ 1 s in total.
+/// `MILAN_BENCH_TIMES=1` prints every call's time (to see bimodal timings behind a median).
 func timeInterleaved(_ a: () -> Void, _ b: () -> Void)
   -> ((best: Double, median: Double, calls: Int), (best: Double, median: Double, calls: Int))
 {
@@ -79,6 +82,10 @@ func timeInterleaved(_ a: () -> Void, _ b: () -> Void)
     b()
     tb.append(now() - t0)
     total += ta.last! + tb.last!
+  }
+  if ProcessInfo.processInfo.environment["MILAN_BENCH_TIMES"] != nil {
+    let line = { (t: [Double]) in t.map { String(format: "%.1f", $0 * 1e3) }.joined(separator: " ") }
+    FileHandle.standardError.write("  first (ms): \(line(ta))\n  second (ms): \(line(tb))\n".data(using: .utf8)!)
   }
   func summary(_ t: [Double]) -> (best: Double, median: Double, calls: Int) {
     let s = t.sorted()
@@ -273,10 +280,14 @@ struct MilanBench: ParsableCommand {
       BufferPool.shared.resetPeak()
       let before = BufferPool.shared.stats.live
       let trace = ProcessInfo.processInfo.environment["MILAN_TRACE_MEM"] != nil
+      var last = DispatchTime.now().uptimeNanoseconds
       func mark(_ what: String) {
         guard trace else { return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        defer { last = now }
+        if what == "start" { return }
         let s = BufferPool.shared.stats
-        FileHandle.standardError.write("  [\(what)] live \((s.live - before) / 1_000_000) MB, peak \((s.peak - before) / 1_000_000) MB, cached \(s.cached / 1_000_000) MB\n".data(using: .utf8)!)
+        FileHandle.standardError.write("  [\(what)] \(String(format: "%.0f", Double(now - last) / 1e6)) ms, live \((s.live - before) / 1_000_000) MB, peak \((s.peak - before) / 1_000_000) MB, cached \(s.cached / 1_000_000) MB\n".data(using: .utf8)!)
       }
       record("milan_step", conf) {
         mark("start")
