@@ -233,9 +233,17 @@ def milan_step_cases(cfg):
                 out = m(pixel_values=x, output_attentions=True)
                 return out.last_hidden_state, out.attentions[-1].mean(1)[:, 0, 1:]
 
-        def step(model=model, opt=opt, simgs=simgs, timgs=timgs, L=L, teach=teach, B=st["batch"]):
+        cached = None
+        if st.get("cached_targets"):  # as `milan pretrain` without augmentation: teacher outputs computed once
             with torch.no_grad():
-                target, importance = teach(timgs)
+                cached = teach(timgs)
+
+        def step(model=model, opt=opt, simgs=simgs, timgs=timgs, L=L, teach=teach, B=st["batch"], cached=cached):
+            if cached is not None:
+                target, importance = cached
+            else:
+                with torch.no_grad():
+                    target, importance = teach(timgs)
             noise = torch.empty(B, L).exponential_()
             out = model(simgs, 0.75, noise=noise, target=target, importance=importance)
             out["loss"].backward()
