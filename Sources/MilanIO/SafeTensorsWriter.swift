@@ -157,64 +157,15 @@ public struct SafeTensorsWriter: Sendable {
     /// is fsync'ed, then renamed over `path`. On failure the temp file is removed and
     /// `.writeFailed(path:tempPath:operation:errno:)` is thrown.
     public func write(to url: URL) throws {
-        let path = url.path
-        let tempPath = "\(path).tmp-\(getpid())"
-        let order = sortedNames
-        let header = try headerBytes(order: order)
-
-        func failure(_ operation: String, _ err: Int32) -> SafeTensorsError {
-            .writeFailed(path: path, tempPath: tempPath, operation: operation, errno: err)
-        }
-
-        let fd = open(tempPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        if fd < 0 { throw failure("open", errno) }
-        var fdOpen = true
-        var success = false
-        defer {
-            if fdOpen { close(fd) }
-            if !success { unlink(tempPath) }
-        }
-
-        try writeAll(fd, header) { throw failure("write", $0) }
-        for name in order {
-            try writeAll(fd, entries[name]!.bytes) { throw failure("write", $0) }
-        }
-        if fsync(fd) != 0 { throw failure("fsync", errno) }
-        fdOpen = false
-        if close(fd) != 0 { throw failure("close", errno) }
-        if rename(tempPath, path) != 0 { throw failure("rename", errno) }
-        success = true
-
-        // Best effort: persist the directory entry.
-        let directory = url.deletingLastPathComponent().path
-        let dfd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_CLOEXEC)
-        if dfd >= 0 {
-            _ = fsync(dfd)
-            close(dfd)
-        }
+        try stage(at: url).commit()
     }
-}
 
-/// Writes all of `bytes` to `fd`, retrying on EINTR and short writes.
-private func writeAll(_ fd: Int32, _ bytes: [UInt8], onError: (Int32) throws -> Never) throws {
-    try bytes.withUnsafeBytes { buffer in
-        var done = 0
-        while done < buffer.count {
-            let chunk = min(buffer.count - done, 1 << 30)
-            #if canImport(Glibc)
-            let n = Glibc.write(fd, buffer.baseAddress! + done, chunk)
-            #elseif canImport(Musl)
-            let n = Musl.write(fd, buffer.baseAddress! + done, chunk)
-            #else
-            let n = Darwin.write(fd, buffer.baseAddress! + done, chunk)
-            #endif
-            if n < 0 {
-                let err = errno
-                if err == EINTR { continue }
-                try onError(err)
-            }
-            if n == 0 { try onError(EIO) }
-            done += n
-        }
+    /// Writes the file under its temporary name and fsyncs it, without renaming it over `url` yet
+    /// (see `StagedFile`: several files can then be committed as one unit).
+    public func stage(at url: URL) throws -> StagedFile {
+        let order = sortedNames
+        var chunks = [try headerBytes(order: order)]
+        for name in order { chunks.append(entries[name]!.bytes) }
+        return try StagedFile.stage(chunks, at: url)
     }
 }

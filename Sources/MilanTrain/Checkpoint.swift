@@ -1,6 +1,7 @@
 // Checkpoints: `model.safetensors` (the reference MILAN state-dict keys), `optimizer.safetensors`
-// (`<key>.exp_avg`, `<key>.exp_avg_sq`) and `state.json` (epoch, step, RNG, config). Every file is written to a
-// temporary name and renamed, so an interrupted write never leaves a broken checkpoint behind.
+// (`<key>.exp_avg`, `<key>.exp_avg_sq`) and `state.json` (epoch, step, RNG, config). The three are written under
+// temporary names and renamed only once all are on disk, so a failed or interrupted save never leaves a broken or
+// mixed checkpoint behind.
 import Foundation
 import MilanAutograd
 import MilanIO
@@ -46,35 +47,51 @@ public struct TrainState: Codable, Sendable, Equatable {
   }
 }
 
+/// A checkpoint whose files do not belong together.
+public struct CheckpointError: Error, CustomStringConvertible {
+  public let message: String
+  public var description: String { message }
+}
+
 public enum Checkpoint {
+  /// Writes `model.safetensors`, `optimizer.safetensors` and `state.json` as one unit: all three are written and
+  /// fsync'ed under temporary names first and only then renamed (state.json last), so a full disk or another
+  /// write error leaves the previous checkpoint complete and consistent. Both tensor files carry the step
+  /// (`milan.step`), which `load` checks against state.json.
   public static func save(model: MILANModel, optimizer: AdamW, state: TrainState, to dir: URL) throws {
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     let sorted = JSONEncoder()
     sorted.outputFormatting = [.sortedKeys]  // deterministic bytes: equal runs give equal files
     let configJSON = String(decoding: try sorted.encode(state.config.model), as: UTF8.self)
-    var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.config": configJSON])
+    var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.config": configJSON, "milan.step": String(state.step)])
     for (k, p) in model.namedParameters() { try w.add(name: k, tensor: p.value) }
-    var o = SafeTensorsWriter(metadata: ["format": "pt", "step": String(optimizer.stepCount)])
-    for (k, s) in optimizer.state.sorted(by: { $0.key < $1.key }) {
-      try o.add(name: k + ".exp_avg", tensor: s.expAvg)
-      try o.add(name: k + ".exp_avg_sq", tensor: s.expAvgSq)
-    }
-    // Optimizer and model first, state.json last: a state file always refers to complete weights.
-    try o.write(to: dir.appendingPathComponent("optimizer.safetensors"))
-    try w.write(to: dir.appendingPathComponent("model.safetensors"))
+    let o = try optimizerWriter(optimizer, metadata: ["milan.step": String(state.step)])
     let enc = JSONEncoder()
     enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-    try enc.encode(state).write(to: dir.appendingPathComponent("state.json"), options: .atomic)
+    let stateJSON = try enc.encode(state)
+    try StagedFile.commitAll([
+      { try o.stage(at: dir.appendingPathComponent("optimizer.safetensors")) },
+      { try w.stage(at: dir.appendingPathComponent("model.safetensors")) },
+      { try StagedFile.stage(stateJSON, at: dir.appendingPathComponent("state.json")) },
+    ])
   }
 
   /// Loads weights, optimizer moments and the training state saved by `save`.
   public static func load(into model: MILANModel, optimizer: AdamW, from dir: URL) throws -> TrainState {
     let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: dir.appendingPathComponent("state.json")))
     let mf = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors"))
+    let of = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("optimizer.safetensors"))
+    // Files written by `save` name their step; older checkpoints (without it) are not checked.
+    let steps = [("model.safetensors", mf.metadata["milan.step"]), ("optimizer.safetensors", of.metadata["milan.step"])]
+    let mismatched = steps.filter { $0.1 != nil && $0.1 != String(state.step) }
+    guard mismatched.isEmpty else {
+      throw CheckpointError(message: "checkpoint \(dir.path) is inconsistent: state.json is at step \(state.step) but "
+        + mismatched.map { "\($0.0) at step \($0.1!)" }.joined(separator: " and ")
+        + " (were its files copied from different runs or moments?)")
+    }
     var weights: [String: Tensor] = [:]
     for t in mf.tensors { weights[t.name] = try mf.tensor(t.name) }
     try model.load(weights)
-    let of = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("optimizer.safetensors"))
     var moments: [String: (expAvg: Tensor, expAvgSq: Tensor)] = [:]
     for (k, p) in model.trainableParameters() {
       guard (try? of.info(k + ".exp_avg")) != nil else { continue }
@@ -90,12 +107,17 @@ public enum Checkpoint {
 
   /// AdamW moments (`<key>.exp_avg`, `<key>.exp_avg_sq`) and the step count, atomically.
   public static func saveOptimizer(_ optimizer: AdamW, to url: URL) throws {
-    var o = SafeTensorsWriter(metadata: ["format": "pt", "step": String(optimizer.stepCount)])
+    try optimizerWriter(optimizer).write(to: url)
+  }
+
+  /// The safetensors image of the AdamW moments (`step` metadata: the optimizer's step count).
+  public static func optimizerWriter(_ optimizer: AdamW, metadata: [String: String] = [:]) throws -> SafeTensorsWriter {
+    var o = SafeTensorsWriter(metadata: metadata.merging(["format": "pt", "step": String(optimizer.stepCount)]) { a, _ in a })
     for (k, s) in optimizer.state.sorted(by: { $0.key < $1.key }) {
       try o.add(name: k + ".exp_avg", tensor: s.expAvg)
       try o.add(name: k + ".exp_avg_sq", tensor: s.expAvgSq)
     }
-    try o.write(to: url)
+    return o
   }
 
   /// Restores what `saveOptimizer` wrote; every moment must match its parameter's shape.

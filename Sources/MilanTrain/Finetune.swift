@@ -225,11 +225,16 @@ public final class Finetuner: @unchecked Sendable {
         log(String(format: "finetune epoch %d/%d: train loss %.4f, test top-1 %.2f %% top-5 %.2f %% (%.0f s)", epoch + 1,
                    c.epochs, trainLoss, last.top1 * 100, last.top5 * 100, Date().timeIntervalSince(t0)))
       }
-      // Weights and optimizer first, the state last: a state file always refers to complete files.
-      try save(to: out)
-      try Checkpoint.saveOptimizer(optimizer, to: out.appendingPathComponent("finetune-optimizer.safetensors"))
+      // Weights, optimizer and state as one unit (all written before any is renamed; the state last), so a failed
+      // save keeps the previous epoch's three files.
       let state = FinetuneState(epochsDone: epoch + 1, rng: rng, best: best, last: last, trainLoss: trainLoss)
-      try JSONEncoder().encode(state).write(to: out.appendingPathComponent("finetune-state.json"), options: .atomic)
+      let classifier = try classifierWriter(), moments = try Checkpoint.optimizerWriter(optimizer)
+      let stateJSON = try JSONEncoder().encode(state)
+      try StagedFile.commitAll([
+        { try classifier.stage(at: out.appendingPathComponent("classifier.safetensors")) },
+        { try moments.stage(at: out.appendingPathComponent("finetune-optimizer.safetensors")) },
+        { try StagedFile.stage(stateJSON, at: out.appendingPathComponent("finetune-state.json")) },
+      ])
     }
     let result = FinetuneResult(epochs: c.epochs, test: last, best: best, trainLoss: trainLoss)
     let enc = JSONEncoder()
@@ -240,12 +245,16 @@ public final class Finetuner: @unchecked Sendable {
 
   /// The classifier under timm's names (`vit_*` with global_pool="avg"), atomically.
   public func save(to dir: URL) throws {
+    try classifierWriter().write(to: dir.appendingPathComponent("classifier.safetensors"))
+  }
+
+  func classifierWriter() throws -> SafeTensorsWriter {
     let sorted = JSONEncoder()
     sorted.outputFormatting = [.sortedKeys]  // deterministic bytes: equal runs give equal files
     let cfg = String(decoding: try sorted.encode(model.config), as: UTF8.self)
     var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.vit_config": cfg])
     for (k, p) in model.namedParameters() { try w.add(name: k, tensor: p.value) }
-    try w.write(to: dir.appendingPathComponent("classifier.safetensors"))
+    return w
   }
 }
 

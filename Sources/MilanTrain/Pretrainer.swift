@@ -161,6 +161,7 @@ public enum PretrainError: Error, CustomStringConvertible {
   case gridMismatch(student: Int, teacher: Int)
   case invalidConfig(String)
   case featureSizeMismatch(predictionDim: Int, teacher: Int)
+  case cannotWrite(String)
 
   public var description: String {
     switch self {
@@ -173,6 +174,8 @@ public enum PretrainError: Error, CustomStringConvertible {
     case .invalidConfig(let m): return "pretrain: invalid configuration: \(m)"
     case .featureSizeMismatch(let p, let t):
       return "pretrain: model.predictionDim is \(p) but the teacher's features have \(t) channels"
+    case .cannotWrite(let path):
+      return "pretrain: cannot create \(path) (check that the output folder is writable and the disk not full)"
     }
   }
 }
@@ -264,7 +267,10 @@ public final class Pretrainer: @unchecked Sendable {
     let out = URL(fileURLWithPath: c.outputDir)
     try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
     let logURL = out.appendingPathComponent("log.jsonl")
-    if !FileManager.default.fileExists(atPath: logURL.path) { FileManager.default.createFile(atPath: logURL.path, contents: nil) }
+    if !FileManager.default.fileExists(atPath: logURL.path),
+       !FileManager.default.createFile(atPath: logURL.path, contents: nil) {
+      throw PretrainError.cannotWrite(logURL.path)
+    }
     let logFile = try FileHandle(forWritingTo: logURL)
     defer { try? logFile.close() }
     logFile.seekToEndOfFile()

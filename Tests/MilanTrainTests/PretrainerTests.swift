@@ -134,3 +134,104 @@ extension PretrainerTests {
     #expect(chance > 0.1 && chance < 0.4, "accuracy with random labels \(chance)")
   }
 }
+
+/// The `milan` executable built next to the test bundle (`swift build -c release --build-tests` builds both).
+func milanExecutable() throws -> URL {
+  let url = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("milan")
+  try #require(FileManager.default.isExecutableFile(atPath: url.path),
+               "no milan executable at \(url.path): build it with `swift build -c release --build-tests`")
+  return url
+}
+
+extension PretrainerTests {
+  /// `milan pretrain --resume` whose epoch-end save cannot be written (a file-size limit fails write() mid-file with
+  /// EFBIG, as a full disk fails it with ENOSPC) stops with a message naming the file and the OS error, leaves no
+  /// temporary file behind, and the previous checkpoint stays whole and resumable.
+  @Test func aFailedCheckpointSaveKeepsThePreviousCheckpointWhole() throws {
+    let dir = tempDir("fullsave")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    _ = try Pretrainer(tinyConfig(dir, epochs: 1), log: { _ in }).run()
+    let names = ["model.safetensors", "optimizer.safetensors", "state.json"]
+    let before = try names.map { try Data(contentsOf: dir.appendingPathComponent($0)) }
+    let modelSize = before[0].count, optimizerSize = before[1].count
+    // The limit lies between the two tensor files, so one of them can be written and the other cannot.
+    try #require(modelSize < optimizerSize, "model \(modelSize) B, optimizer \(optimizerSize) B")
+    let limit = (modelSize + optimizerSize) / 2
+
+    // Epoch 2 in a child process: `trap '' XFSZ` makes the kernel fail the write instead of killing the process
+    // (ignored signals survive exec), prlimit sets RLIMIT_FSIZE in bytes.
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    let args = ["pretrain", "--teacher", Real.teacher, "--output", dir.path, "--epochs", "2", "--train-images", "96",
+                "--batch-size", "32", "--resume"]
+    process.arguments = ["-c", "trap '' XFSZ; exec prlimit --fsize=\(limit) \"$0\" \"$@\"", try milanExecutable().path]
+      + args
+    let errPipe = Pipe()
+    process.standardError = errPipe
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    let stderr = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    #expect(process.terminationStatus != 0, "the save was expected to fail under a \(limit)-byte file limit")
+    #expect(stderr.contains("File too large") && stderr.contains("optimizer.safetensors"), "stderr: \(stderr)")
+
+    for (name, old) in zip(names, before) {
+      #expect(try Data(contentsOf: dir.appendingPathComponent(name)) == old, "\(name) changed by the failed save")
+    }
+    let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains(".tmp-") }
+    #expect(leftovers.isEmpty, "temporary files left behind: \(leftovers)")
+
+    // The kept checkpoint still resumes, and without the limit the save goes through.
+    let t = try Pretrainer(tinyConfig(dir, epochs: 2), log: { _ in })
+    let final = try t.run(from: try Checkpoint.load(into: t.model, optimizer: t.optimizer, from: dir))
+    #expect(final.epoch == 2 && final.step == 6)
+  }
+
+  /// The save's second file cannot be created (a directory occupies its temporary name), after the first,
+  /// optimizer.safetensors, has been written: the old optimizer file must survive too, or the checkpoint would pair
+  /// epoch-2 moments with epoch-1 weights.
+  @Test func aSaveFailingOnItsSecondFileLeavesTheFirstUntouched() throws {
+    let dir = tempDir("secondfile")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    _ = try Pretrainer(tinyConfig(dir, epochs: 1), log: { _ in }).run()
+    let names = ["model.safetensors", "optimizer.safetensors", "state.json"]
+    let before = try names.map { try Data(contentsOf: dir.appendingPathComponent($0)) }
+    let blocker = dir.appendingPathComponent("model.safetensors.tmp-\(getpid())")
+    try FileManager.default.createDirectory(at: blocker, withIntermediateDirectories: false)
+
+    let t = try Pretrainer(tinyConfig(dir, epochs: 2), log: { _ in })
+    do {
+      _ = try t.run(from: try Checkpoint.load(into: t.model, optimizer: t.optimizer, from: dir))
+      Issue.record("the save succeeded although model.safetensors could not be written")
+    } catch let e as SafeTensorsError {
+      #expect(e.description.contains("model.safetensors") && e.description.contains("open failed"), "\(e)")
+    }
+    for (name, old) in zip(names, before) {
+      #expect(try Data(contentsOf: dir.appendingPathComponent(name)) == old, "\(name) changed by the failed save")
+    }
+    let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+      .filter { $0.contains(".tmp-") && $0 != blocker.lastPathComponent }
+    #expect(leftovers.isEmpty, "temporary files left behind: \(leftovers)")
+  }
+
+  /// Files of one checkpoint that come from different saves are refused by name, not loaded into a silently
+  /// different run.
+  @Test func loadRefusesCheckpointFilesFromDifferentSteps() throws {
+    let dir = tempDir("mixed")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    _ = try Pretrainer(tinyConfig(dir, epochs: 1), log: { _ in }).run()
+    let optimizerURL = dir.appendingPathComponent("optimizer.safetensors")
+    let epoch1Optimizer = try Data(contentsOf: optimizerURL)
+    let t = try Pretrainer(tinyConfig(dir, epochs: 2), log: { _ in })
+    _ = try t.run(from: try Checkpoint.load(into: t.model, optimizer: t.optimizer, from: dir))
+    try epoch1Optimizer.write(to: optimizerURL)  // epoch-2 weights and state, epoch-1 moments
+
+    let u = try Pretrainer(tinyConfig(dir, epochs: 3), log: { _ in })
+    do {
+      _ = try Checkpoint.load(into: u.model, optimizer: u.optimizer, from: dir)
+      Issue.record("a checkpoint with epoch-1 optimizer moments and epoch-2 weights loaded")
+    } catch let e as CheckpointError {
+      #expect(e.description.contains("step 6") && e.description.contains("optimizer.safetensors at step 3"), "\(e)")
+    }
+  }
+}
