@@ -161,7 +161,7 @@ public enum PretrainError: Error, CustomStringConvertible {
   case gridMismatch(student: Int, teacher: Int)
   case invalidConfig(String)
   case featureSizeMismatch(predictionDim: Int, teacher: Int)
-  case cannotWrite(String)
+  case cannotWrite(path: String, reason: String)
 
   public var description: String {
     switch self {
@@ -174,8 +174,8 @@ public enum PretrainError: Error, CustomStringConvertible {
     case .invalidConfig(let m): return "pretrain: invalid configuration: \(m)"
     case .featureSizeMismatch(let p, let t):
       return "pretrain: model.predictionDim is \(p) but the teacher's features have \(t) channels"
-    case .cannotWrite(let path):
-      return "pretrain: cannot create \(path) (check that the output folder is writable and the disk not full)"
+    case .cannotWrite(let path, let reason):
+      return "pretrain: cannot write \(path): \(reason) (is the disk full or the folder read-only?)"
     }
   }
 }
@@ -269,11 +269,11 @@ public final class Pretrainer: @unchecked Sendable {
     let logURL = out.appendingPathComponent("log.jsonl")
     if !FileManager.default.fileExists(atPath: logURL.path),
        !FileManager.default.createFile(atPath: logURL.path, contents: nil) {
-      throw PretrainError.cannotWrite(logURL.path)
+      throw PretrainError.cannotWrite(path: logURL.path, reason: "the file cannot be created")
     }
     let logFile = try FileHandle(forWritingTo: logURL)
     defer { try? logFile.close() }
-    logFile.seekToEndOfFile()
+    try logFile.seekToEnd()
 
     var subsetRNG = SplitMix64(seed: c.seed ^ 0x5EED)
     var pool = Array(0..<data.count)
@@ -370,7 +370,13 @@ public final class Pretrainer: @unchecked Sendable {
                                      "unreadable_images": loader.failureCount]
         if let gradNorm { record["grad_norm"] = Double(gradNorm) }
         if let d = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) {
-          logFile.write(d + Data("\n".utf8))
+          let end = try logFile.offset()
+          do {
+            try logFile.write(contentsOf: d + Data("\n".utf8))
+          } catch {
+            try? logFile.truncate(atOffset: end)  // no half line for a resumed run to append to
+            throw PretrainError.cannotWrite(path: logURL.path, reason: osErrorDescription(error))
+          }
         }
         state.iteration = it + 1
         if shouldStop() && (it + 1) % c.accumulation == 0 && it + 1 < stepsPerEpoch {
@@ -391,6 +397,16 @@ public final class Pretrainer: @unchecked Sendable {
     }
     return state
   }
+}
+
+/// "File too large (errno 27)" for a Foundation file error that wraps a POSIX one; the localized text otherwise.
+func osErrorDescription(_ error: Error) -> String {
+  let ns = error as NSError
+  let posix = ns.domain == NSPOSIXErrorDomain ? ns : ns.userInfo[NSUnderlyingErrorKey] as? NSError
+  if let posix, posix.domain == NSPOSIXErrorDomain {
+    return "\(String(cString: strerror(Int32(posix.code)))) (errno \(posix.code))"
+  }
+  return ns.localizedDescription
 }
 
 func formatDuration(_ s: Double) -> String {

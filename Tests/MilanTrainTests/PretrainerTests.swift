@@ -160,20 +160,31 @@ extension PretrainerTests {
 
     // Epoch 2 in a child process: `trap '' XFSZ` makes the kernel fail the write instead of killing the process
     // (ignored signals survive exec), prlimit sets RLIMIT_FSIZE in bytes.
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    let args = ["pretrain", "--teacher", Real.teacher, "--output", dir.path, "--epochs", "2", "--train-images", "96",
-                "--batch-size", "32", "--resume"]
-    process.arguments = ["-c", "trap '' XFSZ; exec prlimit --fsize=\(limit) \"$0\" \"$@\"", try milanExecutable().path]
-      + args
-    let errPipe = Pipe()
-    process.standardError = errPipe
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    let stderr = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    #expect(process.terminationStatus != 0, "the save was expected to fail under a \(limit)-byte file limit")
-    #expect(stderr.contains("File too large") && stderr.contains("optimizer.safetensors"), "stderr: \(stderr)")
+    func resumeUnderLimit(_ limit: Int) throws -> (status: Int32, stderr: String) {
+      let process = Process()
+      process.executableURL = URL(fileURLWithPath: "/bin/sh")
+      let args = ["pretrain", "--teacher", Real.teacher, "--output", dir.path, "--epochs", "2", "--train-images", "96",
+                  "--batch-size", "32", "--resume"]
+      process.arguments = ["-c", "trap '' XFSZ; exec prlimit --fsize=\(limit) \"$0\" \"$@\"", try milanExecutable().path]
+        + args
+      let errPipe = Pipe()
+      process.standardError = errPipe
+      process.standardOutput = FileHandle.nullDevice
+      try process.run()
+      let stderr = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      process.waitUntilExit()
+      return (process.terminationStatus, stderr)
+    }
+    let saveFails = try resumeUnderLimit(limit)
+    #expect(saveFails.status != 0, "the save was expected to fail under a \(limit)-byte file limit")
+    #expect(saveFails.stderr.contains("File too large") && saveFails.stderr.contains("optimizer.safetensors"),
+            "stderr: \(saveFails.stderr)")
+    // The log cannot grow by another line: the run stops at its first step, naming log.jsonl.
+    let logSize = try Data(contentsOf: dir.appendingPathComponent("log.jsonl")).count
+    let logFails = try resumeUnderLimit(logSize + 8)
+    #expect(logFails.status != 0 && logFails.stderr.contains("log.jsonl")
+      && logFails.stderr.contains("File too large (errno 27)"), "stderr: \(logFails.stderr)")
+    #expect(try Data(contentsOf: dir.appendingPathComponent("log.jsonl")).count == logSize, "a partial line was kept")
 
     for (name, old) in zip(names, before) {
       #expect(try Data(contentsOf: dir.appendingPathComponent(name)) == old, "\(name) changed by the failed save")
