@@ -143,16 +143,33 @@ func milanExecutable() throws -> URL {
   return url
 }
 
+/// The three files of a checkpoint, as `Checkpoint.save` writes them.
+let checkpointFiles = ["model.safetensors", "optimizer.safetensors", "state.json"]
+
+/// Trains one epoch of `tinyConfig` into a fresh folder; returns it and the bytes of its checkpoint files.
+func oneEpochCheckpoint(_ name: String) throws -> (dir: URL, files: [Data]) {
+  let dir = tempDir(name)
+  _ = try Pretrainer(tinyConfig(dir, epochs: 1), log: { _ in }).run()
+  return (dir, try checkpointFiles.map { try Data(contentsOf: dir.appendingPathComponent($0)) })
+}
+
+/// Expects every checkpoint file in `dir` to hold exactly `files`, and no temporary file but `except` to be left.
+func expectCheckpointUnchanged(_ dir: URL, _ files: [Data], except: String? = nil) throws {
+  for (name, old) in zip(checkpointFiles, files) {
+    #expect(try Data(contentsOf: dir.appendingPathComponent(name)) == old, "\(name) changed by the failed save")
+  }
+  let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+    .filter { $0.contains(".tmp-") && $0 != except }
+  #expect(leftovers.isEmpty, "temporary files left behind: \(leftovers)")
+}
+
 extension PretrainerTests {
   /// `milan pretrain --resume` whose epoch-end save cannot be written (a file-size limit fails write() mid-file with
   /// EFBIG, as a full disk fails it with ENOSPC) stops with a message naming the file and the OS error, leaves no
   /// temporary file behind, and the previous checkpoint stays whole and resumable.
   @Test func aFailedCheckpointSaveKeepsThePreviousCheckpointWhole() throws {
-    let dir = tempDir("fullsave")
+    let (dir, before) = try oneEpochCheckpoint("fullsave")
     defer { try? FileManager.default.removeItem(at: dir) }
-    _ = try Pretrainer(tinyConfig(dir, epochs: 1), log: { _ in }).run()
-    let names = ["model.safetensors", "optimizer.safetensors", "state.json"]
-    let before = try names.map { try Data(contentsOf: dir.appendingPathComponent($0)) }
     let modelSize = before[0].count, optimizerSize = before[1].count
     // The limit lies between the two tensor files, so one of them can be written and the other cannot.
     try #require(modelSize < optimizerSize, "model \(modelSize) B, optimizer \(optimizerSize) B")
@@ -186,11 +203,7 @@ extension PretrainerTests {
       && logFails.stderr.contains("File too large (errno 27)"), "stderr: \(logFails.stderr)")
     #expect(try Data(contentsOf: dir.appendingPathComponent("log.jsonl")).count == logSize, "a partial line was kept")
 
-    for (name, old) in zip(names, before) {
-      #expect(try Data(contentsOf: dir.appendingPathComponent(name)) == old, "\(name) changed by the failed save")
-    }
-    let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains(".tmp-") }
-    #expect(leftovers.isEmpty, "temporary files left behind: \(leftovers)")
+    try expectCheckpointUnchanged(dir, before)
 
     // The kept checkpoint still resumes, and without the limit the save goes through.
     let t = try Pretrainer(tinyConfig(dir, epochs: 2), log: { _ in })
@@ -202,11 +215,8 @@ extension PretrainerTests {
   /// optimizer.safetensors, has been written: the old optimizer file must survive too, or the checkpoint would pair
   /// epoch-2 moments with epoch-1 weights.
   @Test func aSaveFailingOnItsSecondFileLeavesTheFirstUntouched() throws {
-    let dir = tempDir("secondfile")
+    let (dir, before) = try oneEpochCheckpoint("secondfile")
     defer { try? FileManager.default.removeItem(at: dir) }
-    _ = try Pretrainer(tinyConfig(dir, epochs: 1), log: { _ in }).run()
-    let names = ["model.safetensors", "optimizer.safetensors", "state.json"]
-    let before = try names.map { try Data(contentsOf: dir.appendingPathComponent($0)) }
     let blocker = dir.appendingPathComponent("model.safetensors.tmp-\(getpid())")
     try FileManager.default.createDirectory(at: blocker, withIntermediateDirectories: false)
 
@@ -217,12 +227,7 @@ extension PretrainerTests {
     } catch let e as SafeTensorsError {
       #expect(e.description.contains("model.safetensors") && e.description.contains("open failed"), "\(e)")
     }
-    for (name, old) in zip(names, before) {
-      #expect(try Data(contentsOf: dir.appendingPathComponent(name)) == old, "\(name) changed by the failed save")
-    }
-    let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path)
-      .filter { $0.contains(".tmp-") && $0 != blocker.lastPathComponent }
-    #expect(leftovers.isEmpty, "temporary files left behind: \(leftovers)")
+    try expectCheckpointUnchanged(dir, before, except: blocker.lastPathComponent)
   }
 
   /// Files of one checkpoint that come from different saves are refused by name, not loaded into a silently
