@@ -61,6 +61,16 @@ struct ProbeOptions: ParsableArguments {
   }
 }
 
+struct KNNOptions: ParsableArguments {
+  @Option(help: "k-NN neighbours.") var k = 20
+  @Option(help: "k-NN temperature.") var temperature: Float = 0.07
+
+  func apply(_ c: inout EvaluationConfig) {
+    c.k = k
+    c.temperature = temperature
+  }
+}
+
 extension Milan {
   struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -68,8 +78,7 @@ extension Milan {
         + "teacher's features and raw pixels; a table and optional JSON.")
     @OptionGroup var options: EvaluationOptions
     @OptionGroup var probe: ProbeOptions
-    @Option(help: "k-NN neighbours.") var k = 20
-    @Option(help: "k-NN temperature.") var temperature: Float = 0.07
+    @OptionGroup var knn: KNNOptions
     @Option(help: "Score a finetuned classifier (classifier.safetensors from milan finetune) on the test split instead.")
     var classifier: String?
 
@@ -90,8 +99,7 @@ extension Milan {
       }
       var c = try options.config()
       try probe.apply(&c)
-      c.k = k
-      c.temperature = temperature
+      knn.apply(&c)
       try options.finish(try Evaluation.run(c, log: say))
     }
   }
@@ -100,14 +108,12 @@ extension Milan {
     static let configuration = CommandConfiguration(
       abstract: "Weighted k-NN (k = 20, T = 0.07, as DINO) of a pretrained encoder, with the baselines.")
     @OptionGroup var options: EvaluationOptions
-    @Option(help: "Neighbours.") var k = 20
-    @Option(help: "Temperature.") var temperature: Float = 0.07
+    @OptionGroup var knn: KNNOptions
 
     func run() throws {
       var c = try options.config()
       c.linearProbe = false
-      c.k = k
-      c.temperature = temperature
+      knn.apply(&c)
       try options.finish(try Evaluation.run(c, log: say))
     }
   }

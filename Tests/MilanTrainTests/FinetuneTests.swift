@@ -10,18 +10,23 @@ import MilanTestSupport
 import MilanTrain
 import Testing
 
+/// Three short epochs on the tiny folder, from the pretraining checkpoint in `pre`.
+func tinyFinetuneConfig(_ pre: URL, _ out: URL) -> FinetuneConfig {
+  var c = FinetuneConfig(checkpoint: pre.path, outputDir: out.path)
+  c.epochs = 3
+  c.warmupEpochs = 1
+  c.batchSize = 2
+  c.blr = 1e-2
+  c.maxUnreadableFraction = 0.2
+  return c
+}
+
 @Suite(.serialized) struct FinetuneTests {
   @Test func finetunesAPretrainedCheckpoint() throws {
     let pre = tempDir("ft-pre"), out = tempDir("ft-out")
     defer { try? FileManager.default.removeItem(at: pre); try? FileManager.default.removeItem(at: out) }
     _ = try Pretrainer(folderConfig(pre), teacher: try clipFixtureTeacher(), log: { _ in }).run()
-    var c = FinetuneConfig(checkpoint: pre.path, outputDir: out.path)
-    c.epochs = 3
-    c.warmupEpochs = 1
-    c.batchSize = 2
-    c.blr = 1e-2
-    c.maxUnreadableFraction = 0.2
-    let f = try Finetuner(c, log: { _ in })
+    let f = try Finetuner(tinyFinetuneConfig(pre, out), log: { _ in })
     // The encoder comes from the checkpoint; fc_norm and head are new; groups follow MAE's layer decay.
     let pretrained = try SafeTensorsFile(contentsOf: pre.appendingPathComponent("model.safetensors"))
     #expect(f.model.blocks.items[1].mlp.fc2.weight.value.toArray() == (try pretrained.tensor("blocks.1.mlp.fc2.weight")).toArray())
@@ -43,15 +48,7 @@ import Testing
     let pre = tempDir("ft-pre2"), a = tempDir("ft-a"), b = tempDir("ft-b")
     defer { for d in [pre, a, b] { try? FileManager.default.removeItem(at: d) } }
     _ = try Pretrainer(folderConfig(pre), teacher: try clipFixtureTeacher(), log: { _ in }).run()
-    func config(_ out: URL) -> FinetuneConfig {
-      var c = FinetuneConfig(checkpoint: pre.path, outputDir: out.path)
-      c.epochs = 3
-      c.warmupEpochs = 1
-      c.batchSize = 2
-      c.blr = 1e-2
-      c.maxUnreadableFraction = 0.2
-      return c
-    }
+    func config(_ out: URL) -> FinetuneConfig { tinyFinetuneConfig(pre, out) }
     let whole = try Finetuner(config(a), log: { _ in }).run()
     let first = try Finetuner(config(b), log: { _ in })
     var calls = 0
