@@ -1,8 +1,10 @@
 // swift-tools-version: 6.0
 // MILAN in Swift: masked image pretraining on language-assisted representations.
 //
-// Layers (one-way): CMilanKernels/COpenBLAS -> MilanTensor (tensors, kernels) -> MilanIO (safetensors)
-// -> MilanAutograd (tape, differentiable ops) -> ... -> milan (CLI).
+// Layers (one-way): CMilanKernels/COpenBLAS -> MilanTensor (tensors, kernels) -> MilanAutograd (tape,
+// differentiable ops) -> MilanNN (modules, optimizers) -> MilanModels (ViT, teachers, MILAN) -> MilanTrain (engines)
+// -> milan (CLI). MilanIO (safetensors, ONNX, file digests) sits beside MilanAutograd on MilanTensor, and MilanData
+// (datasets, decoding, transforms) beside MilanNN; MilanModels reads weights through MilanIO.
 //
 // No unsafeFlags anywhere: the SIMD hot loops live in the C target CMilanKernels, whose AVX2/FMA functions carry
 // per-function `__attribute__((target("avx2,fma")))` and are chosen at run time from CPUID, with a portable path
@@ -38,6 +40,7 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-numerics", from: "1.0.0"),
+    .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
   ],
   targets: blasTargets + [
     .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
@@ -58,7 +61,7 @@ let package = Package(
         .product(name: "RealModule", package: "swift-numerics"),
       ],
       linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]),
-    .target(name: "MilanIO", dependencies: ["MilanTensor"]),
+    .target(name: "MilanIO", dependencies: ["MilanTensor", .product(name: "Crypto", package: "swift-crypto")]),
     .target(name: "MilanAutograd", dependencies: ["MilanTensor"]),
     .target(
       name: "MilanNN",

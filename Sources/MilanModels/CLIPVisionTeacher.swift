@@ -142,8 +142,13 @@ public final class CLIPVisionTeacher: Module, Teacher {
   public let visual: CLIPVisionTower
   public init(_ c: CLIPVisionConfig) { visual = CLIPVisionTower(c) }
   public var children: [(String, any Module)] { [("visual", visual)] }
-  public var patchSize: Int { visual.config.patchSize }
-  public var featureDim: Int { visual.config.outputDim }
+  public var architecture: TeacherArchitecture {
+    let c = visual.config
+    return TeacherArchitecture(family: .clip, width: c.width, depth: c.layers, heads: c.heads, patchSize: c.patchSize,
+                               featureDim: c.outputDim, mlpHidden: Int(Double(c.width) * c.mlpRatio),
+                               nativeImageSize: c.imageSize, activation: c.activation, layerScale: false,
+                               layerNormEps: c.layerNormEps)
+  }
   public func encode(_ images: Tensor) -> TeacherOutput { visual.encode(images) }
 
   /// Loads an open_clip / OpenAI state dict (`visual.*` keys; text-tower keys are ignored) or a Hugging Face
@@ -207,22 +212,10 @@ public enum CLIPKeys {
           throw LoadError(missing: ["vision_model.encoder.layers.\(i).self_attn.{q,k,v}_proj.\(kind)"], unexpected: [],
                           mismatched: [])
         }
-        out[p + "in_proj_\(kind)"] = concatRows(pieces)
+        out[p + "in_proj_\(kind)"] = Tensor(stackingRows: pieces)
       }
     }
     return out
   }
 
-  /// Stacks tensors along their first axis.
-  static func concatRows(_ ts: [Tensor]) -> Tensor {
-    var shape = ts[0].shape
-    shape[0] = ts.reduce(0) { $0 + $1.shape[0] }
-    let out = Tensor(uninitialized: shape)
-    var o = 0
-    for t in ts {
-      (out.data + o).update(from: t.data, count: t.count)
-      o += t.count
-    }
-    return out
-  }
 }

@@ -95,7 +95,7 @@ public enum Conversions {
     for (layer, parts) in qkv {
       for kind in ["weight", "bias"] {
         let pieces = ["query", "key", "value"].compactMap { parts["\($0).\(kind)"] }
-        if pieces.count == 3 { out["\(layer).attn.qkv.\(kind)"] = CLIPKeys.concatRows(pieces) }
+        if pieces.count == 3 { out["\(layer).attn.qkv.\(kind)"] = Tensor(stackingRows: pieces) }
       }
     }
     return out
@@ -137,6 +137,25 @@ public enum Conversions {
         out[k] = v
       }
     }
+    return out
+  }
+
+  /// timm names with `pos_embed` resampled for `imageSize` (grid = imageSize / patch), as timm's
+  /// `resample_abs_pos_embed` does when a model is created at another size: the class row kept, the grid resized
+  /// with antialiased bicubic.
+  public static func resizePositionEmbedding(_ t: [String: Tensor], imageSize: Int) throws -> [String: Tensor] {
+    guard let pos = t["pos_embed"], pos.rank == 3, let conv = t["patch_embed.proj.weight"], conv.rank == 4 else {
+      throw MILANConfigError("the weights have no pos_embed [1, 1 + N, D] and patch_embed.proj.weight")
+    }
+    let p = conv.shape[2], d = pos.lastDim
+    let g = Int(Double(pos.shape[1] - 1).squareRoot().rounded())
+    guard g * g == pos.shape[1] - 1 else { throw MILANConfigError("pos_embed has \(pos.shape[1] - 1) grid rows, not a square") }
+    guard imageSize > 0, imageSize % p == 0 else {
+      throw MILANConfigError("the image size must be a positive multiple of the patch size \(p)")
+    }
+    var out = t
+    out["pos_embed"] = positionTable(pos.reshaped([1 + g * g, d]), grid: g, gridH: imageSize / p, gridW: imageSize / p,
+                                     antialias: true)
     return out
   }
 

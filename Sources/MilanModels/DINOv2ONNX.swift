@@ -13,8 +13,10 @@ import MilanTensor
 
 public enum DINOv2ONNX {
   /// Builds a DINOv2Teacher from an ONNX file. Head count = width / 64 (every DINOv2 size uses 64-wide heads).
-  public static func load(_ url: URL) throws -> DINOv2Teacher {
-    let m = try ONNXModel(contentsOf: url)
+  public static func load(_ url: URL) throws -> DINOv2Teacher { try load(try ONNXModel(contentsOf: url)) }
+
+  /// Builds a DINOv2Teacher from a parsed ONNX model.
+  public static func load(_ m: ONNXModel) throws -> DINOv2Teacher {
     func floats(_ name: String) throws -> Tensor {
       let t = try m.initializer(name)
       return Tensor(shape: t.dims, values: try m.floats(name))

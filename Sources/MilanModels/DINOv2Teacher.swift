@@ -15,9 +15,12 @@ public struct DINOv2Config: Codable, Sendable, Equatable {
   public var heads: Int
   public var mlpRatio: Double = 4
   public var layerNormEps: Float = 1e-6
+  /// DINOv2's LayerScale (layer_scale{1,2}.lambda1) on both residual branches; without it the network is a plain
+  /// timm ViT (DINO, a MILAN encoder) under the same names.
+  public var layerScale: Bool = true
 
   public init(imageSize: Int, patchSize: Int, hiddenSize: Int, layers: Int, heads: Int, mlpRatio: Double = 4,
-              layerNormEps: Float = 1e-6) {
+              layerNormEps: Float = 1e-6, layerScale: Bool = true) {
     self.imageSize = imageSize
     self.patchSize = patchSize
     self.hiddenSize = hiddenSize
@@ -25,6 +28,7 @@ public struct DINOv2Config: Codable, Sendable, Equatable {
     self.heads = heads
     self.mlpRatio = mlpRatio
     self.layerNormEps = layerNormEps
+    self.layerScale = layerScale
   }
 
   /// DINOv2 ViT-S/14 (position table for a 37×37 grid, i.e. 518 px).
@@ -95,25 +99,26 @@ public final class LayerScale: Module {
 }
 
 public final class DINOv2Layer: Module {
-  public let norm1: LayerNorm, attention: DINOv2Attention, layerScale1: LayerScale
-  public let norm2: LayerNorm, mlp: Mlp, layerScale2: LayerScale
+  public let norm1: LayerNorm, attention: DINOv2Attention, layerScale1: LayerScale?
+  public let norm2: LayerNorm, mlp: Mlp, layerScale2: LayerScale?
   init(_ c: DINOv2Config) {
     let d = c.hiddenSize
     norm1 = LayerNorm(d, eps: c.layerNormEps)
     attention = DINOv2Attention(d, heads: c.heads)
-    layerScale1 = LayerScale(d)
+    layerScale1 = c.layerScale ? LayerScale(d) : nil
     norm2 = LayerNorm(d, eps: c.layerNormEps)
     mlp = Mlp(dim: d, hidden: Int(Double(d) * c.mlpRatio), activation: .gelu)
-    layerScale2 = LayerScale(d)
+    layerScale2 = c.layerScale ? LayerScale(d) : nil
   }
   public var children: [(String, any Module)] {
-    [("norm1", norm1), ("attention", attention), ("layer_scale1", layerScale1), ("norm2", norm2), ("mlp", mlp),
-     ("layer_scale2", layerScale2)]
+    [("norm1", norm1), ("attention", attention)] + (layerScale1.map { [("layer_scale1", $0)] } ?? [])
+      + [("norm2", norm2), ("mlp", mlp)] + (layerScale2.map { [("layer_scale2", $0)] } ?? [])
   }
   func callAsFunction(_ x: Variable, headMeanProbs: Bool) -> (Variable, Tensor?) {
     let (a, p) = attention(norm1(x), headMeanProbs: headMeanProbs)
-    let h = residualAdd(x, a * layerScale1.lambda1)
-    return (residualAdd(h, mlp(norm2(h)) * layerScale2.lambda1), p)
+    let h = residualAdd(x, layerScale1.map { a * $0.lambda1 } ?? a)
+    let m = mlp(norm2(h))
+    return (residualAdd(h, layerScale2.map { m * $0.lambda1 } ?? m), p)
   }
 }
 
@@ -139,8 +144,13 @@ public final class DINOv2Teacher: Module, Teacher {
   public var children: [(String, any Module)] {
     [("embeddings", embeddings), ("encoder", encoder), ("layernorm", layernorm)]
   }
-  public var patchSize: Int { config.patchSize }
-  public var featureDim: Int { config.hiddenSize }
+  public var architecture: TeacherArchitecture {
+    let c = config
+    return TeacherArchitecture(family: c.layerScale ? .dinov2 : .vit, width: c.hiddenSize, depth: c.layers,
+                               heads: c.heads, patchSize: c.patchSize, featureDim: c.hiddenSize,
+                               mlpHidden: Int(Double(c.hiddenSize) * c.mlpRatio), nativeImageSize: c.imageSize,
+                               activation: .gelu, layerScale: c.layerScale, layerNormEps: c.layerNormEps)
+  }
 
   /// Position table for a gridH×gridW input: the class row, then the stored grid resized with PyTorch bicubic
   /// (align_corners = False, a = −0.75, no antialias), as the HF model and the ONNX export do.

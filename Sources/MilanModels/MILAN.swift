@@ -9,7 +9,14 @@ import MilanTensor
 public struct MILANConfig: Codable, Sendable, Equatable {
   /// prompting: MILAN's decoder; mae: MAE's self-attention decoder (ablation); kd: no decoder — a linear head
   /// `kd_pred` maps the encoder's own tokens (class + visible) to the teacher's features (the paper's KD row).
-  public enum Decoder: String, Codable, Sendable { case prompting, mae, kd }
+  public enum Decoder: String, Codable, Sendable, CaseIterable { case prompting, mae, kd }
+  /// What the student reconstructs: the teacher's per-token features (MILAN) or the image's pixels (MAE).
+  public enum Target: String, Codable, Sendable, CaseIterable { case features, pixels }
+  /// Which tokens the loss averages over (the reference's three options): `all` = class token and every patch (the
+  /// released code's feature loss), `patches` = every patch without the class token, `masked` = the masked patches
+  /// only (the paper's wording; MAE's pixel loss). kd predicts the class token and the visible patches only, so
+  /// `all` means those and `patches` the visible ones.
+  public enum LossTokens: String, Codable, Sendable, CaseIterable { case all, patches, masked }
 
   public var encoder: ViTConfig
   public var decoderDim: Int
@@ -17,25 +24,39 @@ public struct MILANConfig: Codable, Sendable, Equatable {
   public var decoderHeads: Int
   public var decoderMlpRatio: Double = 4
   public var decoder: Decoder = .prompting
-  /// Width of decoder_pred: the teacher's feature size, or patch·patch·channels for the pixel target.
+  public var target: Target = .features
+  /// Pixel target only: each patch normalised by its own mean and variance (MAE's norm_pix_loss, the reference's
+  /// PRETRAIN.sh).
+  public var normPixLoss: Bool = true
+  /// Default: `all` for the feature target, `masked` for pixels.
+  public var lossTokens: LossTokens
+  /// Width of decoder_pred / kd_pred: the teacher's feature size for the feature target, patch·patch·channels for
+  /// pixels. 0 in a configuration file means "follow the teacher (or the patch size)"; `resolved` fills it in.
   public var predictionDim: Int
 
-  public init(encoder: ViTConfig, decoderDim: Int, decoderDepth: Int, decoderHeads: Int, decoderMlpRatio: Double = 4,
-              decoder: Decoder = .prompting, predictionDim: Int) {
+  public init(encoder: ViTConfig, decoderDim: Int = 512, decoderDepth: Int = 8, decoderHeads: Int = 16,
+              decoderMlpRatio: Double = 4, decoder: Decoder = .prompting, target: Target = .features,
+              normPixLoss: Bool = true, lossTokens: LossTokens? = nil, predictionDim: Int = 0) {
     self.encoder = encoder
     self.decoderDim = decoderDim
     self.decoderDepth = decoderDepth
     self.decoderHeads = decoderHeads
     self.decoderMlpRatio = decoderMlpRatio
     self.decoder = decoder
+    self.target = target
+    self.normPixLoss = normPixLoss
+    self.lossTokens = lossTokens ?? (target == .pixels ? .masked : .all)
     self.predictionDim = predictionDim
   }
 
   enum CodingKeys: String, CodingKey {
-    case encoder, decoderDim, decoderDepth, decoderHeads, decoderMlpRatio, decoder, predictionDim
+    case encoder, decoderDim, decoderDepth, decoderHeads, decoderMlpRatio, decoder, target, normPixLoss, lossTokens,
+         predictionDim
   }
 
-  /// Fields with defaults may be left out of configuration files (decoder sizes are unused by the kd objective).
+  /// Every field but the encoder may be left out of a configuration file: decoder 512 × 8 with 16 heads (the
+  /// reference's), prompting decoder, feature target, norm_pix_loss, the loss tokens of the target, and a prediction
+  /// size that follows the teacher. The encoder may be a timm model name (`"vit_base_patch16_224"`).
   public init(from d: any Swift.Decoder) throws {
     let c = try d.container(keyedBy: CodingKeys.self)
     self.init(encoder: try c.decode(ViTConfig.self, forKey: .encoder),
@@ -44,8 +65,68 @@ public struct MILANConfig: Codable, Sendable, Equatable {
               decoderHeads: try c.decodeIfPresent(Int.self, forKey: .decoderHeads) ?? 16,
               decoderMlpRatio: try c.decodeIfPresent(Double.self, forKey: .decoderMlpRatio) ?? 4,
               decoder: try c.decodeIfPresent(Decoder.self, forKey: .decoder) ?? .prompting,
-              predictionDim: try c.decode(Int.self, forKey: .predictionDim))
+              target: try c.decodeIfPresent(Target.self, forKey: .target) ?? .features,
+              normPixLoss: try c.decodeIfPresent(Bool.self, forKey: .normPixLoss) ?? true,
+              lossTokens: try c.decodeIfPresent(LossTokens.self, forKey: .lossTokens),
+              predictionDim: try c.decodeIfPresent(Int.self, forKey: .predictionDim) ?? 0)
   }
+
+  /// Prediction width of the pixel target: patch · patch · channels.
+  public var pixelDim: Int { encoder.patchSize * encoder.patchSize * encoder.inChannels }
+
+  /// This configuration with `predictionDim` set: the pixel size for the pixel target, `teacherFeatures` for the
+  /// feature target (nil: no teacher known, e.g. a weights file's own configuration). Refuses an explicit size that
+  /// disagrees.
+  public func resolved(teacherFeatures: Int?) throws -> MILANConfig {
+    var c = self
+    let want: Int? = target == .pixels ? pixelDim : teacherFeatures
+    if let want {
+      if c.predictionDim == 0 { c.predictionDim = want }
+      guard c.predictionDim == want else {
+        throw MILANConfigError(target == .pixels
+          ? "model.predictionDim is \(c.predictionDim) but the pixel target of \(encoder.patchSize)×\(encoder.patchSize) "
+            + "patches has \(want) values"
+          : "model.predictionDim is \(c.predictionDim) but the teacher's features have \(want) channels "
+            + "(leave predictionDim out to follow the teacher)")
+      }
+    }
+    guard c.predictionDim > 0 else {
+      throw MILANConfigError("model.predictionDim is not set and no teacher gives it")
+    }
+    try c.validate()
+    return c
+  }
+
+  /// Combinations the objective cannot train, each named by its field.
+  public func validate() throws {
+    func bad(_ m: String) -> MILANConfigError { MILANConfigError(m) }
+    switch (decoder, target, lossTokens) {
+    case (.kd, .pixels, _):
+      throw bad("model.decoder kd regresses the teacher's features; it has no pixel target (use decoder mae or prompting)")
+    case (.kd, _, .masked):
+      throw bad("model.lossTokens masked: the kd objective predicts only the class token and the visible patches "
+        + "(use all or patches)")
+    case (_, .pixels, .all):
+      throw bad("model.lossTokens all: the pixel target has no class token (use masked, MAE's, or patches)")
+    default: break
+    }
+    guard encoder.embedDim % encoder.numHeads == 0 else {
+      throw bad("model.encoder: width \(encoder.embedDim) is not a multiple of its \(encoder.numHeads) heads")
+    }
+    if decoder != .kd {
+      guard decoderDim > 0, decoderDepth > 0, decoderHeads > 0, decoderDim % decoderHeads == 0 else {
+        throw bad("model.decoderDim \(decoderDim) must be positive and a multiple of decoderHeads \(decoderHeads) "
+          + "(depth \(decoderDepth) > 0)")
+      }
+    }
+  }
+}
+
+/// A MILAN model configuration that cannot be trained, with the field that says so.
+public struct MILANConfigError: Error, CustomStringConvertible {
+  public let message: String
+  public init(_ message: String) { self.message = message }
+  public var description: String { message }
 }
 
 public final class MILANModel: Module {
@@ -62,9 +143,11 @@ public final class MILANModel: Module {
   /// KD head (kd objective only): Linear(D, predictionDim), key `kd_pred`.
   public let kdPred: Linear?
 
+  /// `c` must be resolved (`MILANConfig.resolved`): its prediction size known.
   public init(_ c: MILANConfig, seed: UInt64 = 0) {
     precondition(c.encoder.numClasses == 0 && c.encoder.globalPool == .token,
                  "MILAN's encoder has no head and keeps the final norm")
+    precondition(c.predictionDim > 0, "MILANModel: resolve the configuration's predictionDim first")
     config = c
     encoder = VisionTransformer(c.encoder, seed: seed)
     let d = c.decoderDim, l = c.encoder.numPatches
@@ -134,23 +217,19 @@ public final class MILANModel: Module {
     for l in linears { Init.xavierUniform(l.weight.value, fanIn: l.inFeatures, fanOut: l.outFeatures, rng: &rng) }
   }
 
-  /// Encoder on the kept patches: patch_embed + pos (before masking), gather ids_keep, prepend cls + pos[0],
-  /// blocks, norm → [B, 1 + K, D] (visible tokens in ids_keep order).
+  /// Encoder on the kept patches (VisionTransformer.forwardFeatures(keep:)): patch_embed + pos (before masking),
+  /// gather ids_keep, prepend cls + pos[0], blocks, norm → [B, 1 + K, D] (visible tokens in ids_keep order).
   public func forwardEncoder(_ images: Variable, masking m: MaskingResult, training: Bool = true,
                              rng: inout SplitMix64) -> Variable {
-    let l = config.encoder.numPatches
-    var x = encoder.patchEmbed(images) + sliceTokens(encoder.posEmbed, 1..<(1 + l))
-    x = gatherTokens(x, ids: m.idsKeep)
-    let cls = encoder.clsToken + sliceTokens(encoder.posEmbed, 0..<1)
-    x = concatTokens([cls, x])
-    for b in encoder.blocks.items { x = b(x, training: training, rng: &rng) }
-    return encoder.norm!(x)
+    encoder.forwardFeatures(images, keep: m.idsKeep, training: training, rng: &rng)
   }
 
-  /// Decoder → predictions for [cls, all L patches in spatial order]: [B, 1 + L, P] (prompting decoder), or
-  /// [B, L, P] patch predictions without the class token (MAE decoder).
+  /// Decoder → predictions [B, 1 + L, P] for [cls, all L patches in spatial order] with the feature target, or
+  /// [B, L, P] (patches only, the class token dropped) with the pixel target — for both decoders, as the reference's
+  /// forward_decoder returns `x if use_clip else x[:, 1:]`.
   public func forwardDecoder(_ latent: Variable, masking m: MaskingResult, rng: inout SplitMix64) -> Variable {
-    let b = latent.shape[0], k = m.lenKeep, l = config.encoder.numPatches
+    let b = latent.shape[0], k = m.lenKeep
+    let l = config.encoder.numPatches
     let z = decoderEmbed(latent)                                          // [B, 1 + K, d]
     let dpos = expandBatch(decoderPosEmbed, to: b)                        // [B, 1 + L, d] (fixed)
     let dposPatches = sliceTokens(dpos, 1..<(1 + l))
@@ -162,14 +241,19 @@ public final class MILANModel: Module {
       var x = masked
       for blk in promptingBlocks!.items { x = blk(x, zCls: zCls, zVisible: zVisible, idsRestore: m.idsRestore) }
       let full = assembleTokens(cls: zCls, visible: zVisible, masked: x, idsRestore: m.idsRestore)
-      return decoderPred(decoderNorm(full))
+      return dropClassForPixels(decoderPred(decoderNorm(full)))
     case .kd:
       preconditionFailure("the kd objective has no decoder; use predict(_:masking:rng:)")
     case .mae:
       var x = assembleTokens(cls: zCls, visible: zVisible, masked: masked, idsRestore: m.idsRestore)
       for blk in maeBlocks!.items { x = blk(x, training: false, rng: &rng) }
-      return sliceTokens(decoderPred(decoderNorm(x)), 1..<(1 + l))
+      return dropClassForPixels(decoderPred(decoderNorm(x)))
     }
+  }
+
+  /// [B, 1 + L, P] → [B, L, P] for the pixel target (which has no class token); unchanged for features.
+  func dropClassForPixels(_ pred: Variable) -> Variable {
+    config.target == .pixels ? sliceTokens(pred, 1..<pred.shape[1]) : pred
   }
 }
 
@@ -183,20 +267,46 @@ extension MILANModel {
     return forwardDecoder(latent, masking: m, rng: &rng)
   }
 
-  /// The teacher-feature loss 2 − 2·cos averaged over the predicted tokens. teacher: [B, 1 + L, C] for the full
-  /// image. Prompting decoder: all 1 + L tokens, or only the masked patches when `maskedOnly`; kd: the class token
-  /// and the visible patches (teacher tokens gathered at ids_keep).
-  public func featureLoss(_ pred: Variable, teacher: Tensor, masking m: MaskingResult, maskedOnly: Bool = false) -> Variable {
-    switch config.decoder {
-    case .kd:
-      return cosineLoss(pred, target: Self.visibleTargets(teacher, masking: m))
-    case .prompting, .mae:
-      precondition(pred.shape[1] == teacher.shape[1], "feature targets need the class-token prediction (prompting decoder)")
-      guard maskedOnly else { return cosineLoss(pred, target: teacher) }
-      let b = m.mask.count / config.encoder.numPatches, l = config.encoder.numPatches
-      var w = [Float](repeating: 0, count: b * (1 + l))
-      for n in 0..<b { for i in 0..<l { w[n * (1 + l) + 1 + i] = m.mask[n * l + i] } }
-      return cosineLoss(pred, target: teacher, weights: Tensor(shape: [b, 1 + l], values: w))
+  /// The training objective, the one place where the target and the tokens the loss covers are chosen
+  /// (reference-milan.md §1, MAE's forward_loss):
+  /// - feature target: per token 2 − 2·cos(pred, teacher) over `config.lossTokens` (all: class token and every
+  ///   patch; patches: without the class token; masked: the masked patches). kd compares its [cls, visible]
+  ///   predictions with the teacher's tokens at the same places.
+  /// - pixel target: mean squared error against the patchified `images` (normalised per patch with normPixLoss)
+  ///   over the masked patches (MAE) or every patch.
+  /// teacher: [B, 1 + L, C], the teacher's tokens for the full image (unused by the pixel target).
+  public func loss(_ pred: Variable, images: Tensor, teacher: Tensor?, masking m: MaskingResult) throws -> Variable {
+    let c = config, l = c.encoder.numPatches, b = m.mask.count / l
+    switch c.target {
+    case .pixels:
+      var target = patchify(images, patch: c.encoder.patchSize)
+      if c.normPixLoss { target = normalizedPixelTarget(target) }
+      guard pred.shape == target.shape else {
+        throw MILANConfigError("the pixel predictions are \(pred.shape) but the target is \(target.shape)")
+      }
+      let weights = c.lossTokens == .masked ? m.mask : [Float](repeating: 1, count: b * l)
+      return maskedPixelLoss(pred, target: target, mask: weights)
+    case .features:
+      guard let teacher, teacher.shape == [b, 1 + l, c.predictionDim] else {
+        throw MILANConfigError("the feature target needs the teacher's tokens [\(b), \(1 + l), \(c.predictionDim)], got "
+          + (teacher.map { "\($0.shape)" } ?? "none"))
+      }
+      let target = kdPred == nil ? teacher : Self.visibleTargets(teacher, masking: m)
+      let tokens = target.shape[1]
+      guard pred.shape == target.shape else {
+        throw MILANConfigError("the predictions are \(pred.shape) but the target is \(target.shape)")
+      }
+      switch c.lossTokens {
+      case .all: return cosineLoss(pred, target: target)
+      case .patches:
+        let w = (0..<(b * tokens)).map { $0 % tokens == 0 ? Float(0) : 1 }
+        return cosineLoss(pred, target: target, weights: Tensor(shape: [b, tokens], values: w))
+      case .masked:
+        guard kdPred == nil else { throw MILANConfigError("kd predicts no masked patches (lossTokens masked)") }
+        var w = [Float](repeating: 0, count: b * (1 + l))
+        for n in 0..<b { for i in 0..<l { w[n * (1 + l) + 1 + i] = m.mask[n * l + i] } }
+        return cosineLoss(pred, target: target, weights: Tensor(shape: [b, 1 + l], values: w))
+      }
     }
   }
 

@@ -9,14 +9,24 @@ public struct TeacherOutput: Sendable {
   /// Last block's attention from the class-token query to every patch key, averaged over heads, the class column
   /// dropped: [B, N]. The importance used by semantic-aware masking.
   public var clsAttention: Tensor
+
+  public init(features: Tensor, clsAttention: Tensor) {
+    self.features = features
+    self.clsAttention = clsAttention
+  }
 }
 
 public protocol Teacher: AnyObject {
-  var patchSize: Int { get }
-  /// Width of the target features (C).
-  var featureDim: Int { get }
+  /// What the network is (family, sizes, activation), as read from its weights.
+  var architecture: TeacherArchitecture { get }
   /// Runs without recording gradients. images: [B, 3, H, W] (ImageNet-normalised), H and W multiples of patchSize.
   func encode(_ images: Tensor) -> TeacherOutput
+}
+
+extension Teacher {
+  public var patchSize: Int { architecture.patchSize }
+  /// Width of the target features (C).
+  public var featureDim: Int { architecture.featureDim }
 }
 
 /// Class-token row of head-averaged attention [B, L, L] without the class column → [B, L − 1].

@@ -49,10 +49,20 @@ public struct ViTConfig: Codable, Sendable, Equatable {
          layerNormEps, dropPathRate, fixedSinCosPosEmbed
   }
 
-  /// Fields with defaults may be left out of configuration files.
+  /// Fields with defaults may be left out of configuration files. A timm model name (`"vit_base_patch16_224"`,
+  /// see `named`) stands for its whole configuration.
   public init(from decoder: Decoder) throws {
+    if let single = try? decoder.singleValueContainer(), let name = try? single.decode(String.self) {
+      guard let c = ViTConfig.named(name) else {
+        throw DecodingError.dataCorruptedError(in: single, debugDescription: "unknown model name \(name); known: "
+          + ViTConfig.modelNames.joined(separator: ", ") + " (or vit_{tiny,small,base,large,huge}_patch<P>_<size>)")
+      }
+      self = c
+      return
+    }
     let c = try decoder.container(keyedBy: CodingKeys.self)
-    self.init(imageSize: try c.decode(Int.self, forKey: .imageSize), patchSize: try c.decode(Int.self, forKey: .patchSize),
+    self.init(imageSize: try c.decodeIfPresent(Int.self, forKey: .imageSize) ?? 224,
+              patchSize: try c.decode(Int.self, forKey: .patchSize),
               inChannels: try c.decodeIfPresent(Int.self, forKey: .inChannels) ?? 3,
               embedDim: try c.decode(Int.self, forKey: .embedDim), depth: try c.decode(Int.self, forKey: .depth),
               numHeads: try c.decode(Int.self, forKey: .numHeads),
@@ -73,6 +83,43 @@ public struct ViTConfig: Codable, Sendable, Equatable {
     ]
     guard let (d, depth, heads) = table[name] else { return nil }
     return ViTConfig(imageSize: imageSize, patchSize: patchSize, embedDim: d, depth: depth, numHeads: heads)
+  }
+
+  /// Set to true in an encoder's userInfo to leave `imageSize` out (a pretraining configuration states it once, at
+  /// its top level).
+  public static let omitImageSizeKey = CodingUserInfoKey(rawValue: "milan.omitEncoderImageSize")!
+
+  public func encode(to encoder: Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    if encoder.userInfo[Self.omitImageSizeKey] as? Bool != true { try c.encode(imageSize, forKey: .imageSize) }
+    try c.encode(patchSize, forKey: .patchSize)
+    try c.encode(inChannels, forKey: .inChannels)
+    try c.encode(embedDim, forKey: .embedDim)
+    try c.encode(depth, forKey: .depth)
+    try c.encode(numHeads, forKey: .numHeads)
+    try c.encode(mlpRatio, forKey: .mlpRatio)
+    try c.encode(qkvBias, forKey: .qkvBias)
+    try c.encode(numClasses, forKey: .numClasses)
+    try c.encode(globalPool, forKey: .globalPool)
+    try c.encode(layerNormEps, forKey: .layerNormEps)
+    try c.encode(dropPathRate, forKey: .dropPathRate)
+    try c.encode(fixedSinCosPosEmbed, forKey: .fixedSinCosPosEmbed)
+  }
+
+  /// The names `named` knows without a pattern: timm's four MILAN-sized ViTs and the CPU demo's.
+  public static let modelNames = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
+                                  "vit_large_patch16_224", "vit_huge_patch14_224", demoName]
+  /// The CPU demo's student: 32 px, patch 4 (8×8 grid), width 128, depth 4, 4 heads (0.8 M parameters).
+  public static let demoName = "vit_demo_patch4_32"
+
+  /// A student by timm name: `vit_{tiny,small,base,large,huge}_patch<P>_<image size>` (timm's widths, depths and
+  /// heads; e.g. vit_base_patch16_224 = 768 / 12 / 12), or `vit_demo_patch4_32`, the CPU demo's model.
+  public static func named(_ name: String) -> ViTConfig? {
+    if name == demoName { return ViTConfig(imageSize: 32, patchSize: 4, embedDim: 128, depth: 4, numHeads: 4) }
+    let parts = name.split(separator: "_")
+    guard parts.count == 4, parts[0] == "vit", parts[2].hasPrefix("patch"),
+          let p = Int(parts[2].dropFirst(5)), let size = Int(parts[3]), p > 0, size > 0, size % p == 0 else { return nil }
+    return preset(String(parts[1]), imageSize: size, patchSize: p)
   }
 
   public var gridSize: Int { imageSize / patchSize }
@@ -151,10 +198,15 @@ public final class Block: Module {
   }
 
   public func callAsFunction(_ x: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
-    let a = attn(norm1(x)).0
+    forward(x, training: training, rng: &rng, headMeanProbs: false).0
+  }
+
+  /// The block, and with `headMeanProbs` its attention probabilities averaged over heads [B, L, L].
+  public func forward(_ x: Variable, training: Bool, rng: inout SplitMix64, headMeanProbs: Bool) -> (Variable, Tensor?) {
+    let (a, probs) = attn(norm1(x), headMeanProbs: headMeanProbs)
     var h = residualAdd(x, DropPath.apply(a, rate: dropPath, training: training, rng: &rng))
     h = residualAdd(h, DropPath.apply(mlp(norm2(h)), rate: dropPath, training: training, rng: &rng))
-    return h
+    return (h, probs)
   }
 }
 
@@ -236,15 +288,7 @@ public final class VisionTransformer: Module {
 
   /// Tokens after the final norm (or, with avg pooling, before fc_norm): img [B, C, H, W] → [B, 1 + N, D].
   public func forwardFeatures(_ img: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
-    let p = config.patchSize
-    precondition(img.shape.count == 4 && img.shape[1] == config.inChannels,
-                 "VisionTransformer: expected [B, \(config.inChannels), H, W], got \(img.shape)")
-    var x = patchEmbed(img)
-    x = concatTokens([clsToken, x])
-    x = x + positionTable(gridH: img.shape[2] / p, gridW: img.shape[3] / p)
-    for b in blocks.items { x = b(x, training: training, rng: &rng) }
-    if let norm { x = norm(x) }
-    return x
+    features(img, keep: nil, training: training, rng: &rng, lastAttention: false).0
   }
 
   /// Tokens after the final norm for a subset of patches: `keep` [B, K] patch indices (nil = all), as MILAN's
@@ -252,15 +296,40 @@ public final class VisionTransformer: Module {
   /// → [B, 1 + K, D].
   public func forwardFeatures(_ img: Variable, keep: IndexTensor?, training: Bool = false,
                               rng: inout SplitMix64) -> Variable {
-    guard let keep else { return forwardFeatures(img, training: training, rng: &rng) }
+    features(img, keep: keep, training: training, rng: &rng, lastAttention: false).0
+  }
+
+  /// Tokens after the final norm [B, 1 + N, D] and the last block's attention from the class token to every patch,
+  /// averaged over heads, the class column dropped [B, N] (what a teacher's class attention is), in eval mode.
+  public func forwardFeaturesWithAttention(_ img: Variable) -> (features: Variable, clsAttention: Tensor) {
+    var rng = SplitMix64(seed: 0)
+    let (f, probs) = features(img, keep: nil, training: false, rng: &rng, lastAttention: true)
+    return (f, clsAttentionRow(probs!))
+  }
+
+  func features(_ img: Variable, keep: IndexTensor?, training: Bool, rng: inout SplitMix64,
+                lastAttention: Bool) -> (Variable, Tensor?) {
     let p = config.patchSize
+    precondition(img.shape.count == 4 && img.shape[1] == config.inChannels,
+                 "VisionTransformer: expected [B, \(config.inChannels), H, W], got \(img.shape)")
     let pos = positionTable(gridH: img.shape[2] / p, gridW: img.shape[3] / p)
-    var x = patchEmbed(img) + sliceTokens(pos, 1..<pos.shape[1])
-    x = gatherTokens(x, ids: keep)
-    x = concatTokens([clsToken + sliceTokens(pos, 0..<1), x])
-    for b in blocks.items { x = b(x, training: training, rng: &rng) }
+    var x: Variable
+    if let keep {
+      x = patchEmbed(img) + sliceTokens(pos, 1..<pos.shape[1])
+      x = gatherTokens(x, ids: keep)
+      x = concatTokens([clsToken + sliceTokens(pos, 0..<1), x])
+    } else {
+      x = concatTokens([clsToken, patchEmbed(img)]) + pos
+    }
+    var probs: Tensor? = nil
+    for (i, b) in blocks.items.enumerated() {
+      let last = lastAttention && i == blocks.items.count - 1
+      let (h, pr) = b.forward(x, training: training, rng: &rng, headMeanProbs: last)
+      x = h
+      if last { probs = pr }
+    }
     if let norm { x = norm(x) }
-    return x
+    return (x, probs)
   }
 
   /// Pooled representation [B, D]: class token after the norm, or the mean of patch tokens through fc_norm.

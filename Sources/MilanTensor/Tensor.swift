@@ -96,6 +96,20 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
     return t
   }
 
+  /// Tensors of equal trailing shape stacked along their first axis (e.g. q, k and v weights into one in_proj).
+  public init(stackingRows parts: [Tensor]) {
+    precondition(!parts.isEmpty && parts.allSatisfy { $0.shape.dropFirst() == parts[0].shape.dropFirst() },
+                 "stackingRows: trailing shapes differ")
+    var shape = parts[0].shape
+    shape[0] = parts.reduce(0) { $0 + $1.shape[0] }
+    self.init(uninitialized: shape)
+    var o = 0
+    for t in parts {
+      (data + o).update(from: t.data, count: t.count)
+      o += t.count
+    }
+  }
+
   public func toArray() -> [Float] { Array(buffer) }
 
   public func fill(_ v: Float) { data.update(repeating: v, count: count) }

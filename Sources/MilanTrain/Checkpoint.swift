@@ -9,47 +9,10 @@ import MilanModels
 import MilanNN
 import MilanTensor
 
-public struct TrainState: Codable, Sendable, Equatable {
-  public var epoch: Int
-  /// Optimizer steps taken.
-  public var step: Int
-  /// Iterations already done inside `epoch` (non-zero only for a checkpoint written on interruption).
-  public var iteration: Int = 0
-  /// Generator state before `epoch`'s shuffle, so an interrupted epoch resumes with the same order.
-  public var epochRNG: SplitMix64? = nil
-  public var rng: SplitMix64
-  public var config: PretrainConfig
-  public var lastLoss: Double?
-
-  public init(epoch: Int, step: Int, iteration: Int = 0, epochRNG: SplitMix64? = nil, rng: SplitMix64,
-              config: PretrainConfig, lastLoss: Double?) {
-    self.epoch = epoch
-    self.step = step
-    self.iteration = iteration
-    self.epochRNG = epochRNG
-    self.rng = rng
-    self.config = config
-    self.lastLoss = lastLoss
-  }
-
-  enum CodingKeys: String, CodingKey { case epoch, step, iteration, epochRNG, rng, config, lastLoss }
-
-  /// Older state files (written at epoch ends only) have no `iteration` / `epochRNG`.
-  public init(from decoder: Decoder) throws {
-    let c = try decoder.container(keyedBy: CodingKeys.self)
-    epoch = try c.decode(Int.self, forKey: .epoch)
-    step = try c.decode(Int.self, forKey: .step)
-    iteration = try c.decodeIfPresent(Int.self, forKey: .iteration) ?? 0
-    epochRNG = try c.decodeIfPresent(SplitMix64.self, forKey: .epochRNG)
-    rng = try c.decode(SplitMix64.self, forKey: .rng)
-    config = try c.decode(PretrainConfig.self, forKey: .config)
-    lastLoss = try c.decodeIfPresent(Double.self, forKey: .lastLoss)
-  }
-}
-
 /// A checkpoint whose files do not belong together.
 public struct CheckpointError: Error, CustomStringConvertible {
   public let message: String
+  public init(message: String) { self.message = message }
   public var description: String { message }
 }
 
@@ -66,9 +29,7 @@ public enum Checkpoint {
     var w = SafeTensorsWriter(metadata: ["format": "pt", "milan.config": configJSON, "milan.step": String(state.step)])
     for (k, p) in model.namedParameters() { try w.add(name: k, tensor: p.value) }
     let o = try optimizerWriter(optimizer, metadata: ["milan.step": String(state.step)])
-    let enc = JSONEncoder()
-    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-    let stateJSON = try enc.encode(state)
+    let stateJSON = try PretrainConfig.jsonEncoder().encode(state)
     try StagedFile.commitAll([
       { try o.stage(at: dir.appendingPathComponent("optimizer.safetensors")) },
       { try w.stage(at: dir.appendingPathComponent("model.safetensors")) },
@@ -78,7 +39,7 @@ public enum Checkpoint {
 
   /// Loads weights, optimizer moments and the training state saved by `save`.
   public static func load(into model: MILANModel, optimizer: AdamW, from dir: URL) throws -> TrainState {
-    let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: dir.appendingPathComponent("state.json")))
+    let state = try TrainState.read(dir)
     let mf = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors"))
     let of = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("optimizer.safetensors"))
     // Files written by `save` name their step; older checkpoints (without it) are not checked.

@@ -1,7 +1,8 @@
 // What pretraining learned, read against baselines (reference-milan.md §6): weighted k-NN and a linear probe on
 // frozen features of the pretrained encoder, a randomly initialised encoder of the same architecture, the teacher's
-// own class-token features, and (k-NN only) raw pixels. One seeded train subset serves as the k-NN bank and the
-// probe's training set; one seeded test subset as queries / probe test set.
+// own class-token features, and raw pixels (k-NN and probe alike). One seeded train subset serves as the k-NN bank
+// and the probe's training set; one seeded test subset as queries / probe test set. The teacher is the one the run
+// recorded in state.json (`TeacherFile`), unless another file is given.
 import Foundation
 import MilanData
 import MilanIO
@@ -13,6 +14,7 @@ public struct EvaluationConfig: Codable, Sendable {
   public var checkpoint: String
   /// IDX folder or image folder (train/ and val/ sub-folders); default: the pretraining data.
   public var dataDir: String?
+  /// Another teacher file for the teacher baseline and semantic-aware probing (default: the run's own).
   public var teacherPath: String?
   public var trainImages = 4000
   public var testImages = 2000
@@ -57,7 +59,7 @@ public struct EvaluationReport: Codable, Sendable {
 public enum Evaluation {
   public static func run(_ c: EvaluationConfig, log: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EvaluationReport {
     let ckpt = URL(fileURLWithPath: c.checkpoint)
-    let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: ckpt.appendingPathComponent("state.json")))
+    let state = try TrainState.read(ckpt)
     let cfg = state.config
     let dataDir = c.dataDir ?? cfg.dataDir
     let train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction,
@@ -76,10 +78,8 @@ public enum Evaluation {
     let weights = try SafeTensorsFile(contentsOf: ckpt.appendingPathComponent("model.safetensors"))
     let milan = MILANModel(cfg.model)
     try milan.load(try weights.tensors())
-    let teacherPath = c.teacherPath ?? cfg.teacherPath
-    let teacher: (any Teacher)? = FileManager.default.fileExists(atPath: teacherPath)
-      ? try DINOv2ONNX.load(URL(fileURLWithPath: teacherPath)) : nil
-    if teacher == nil { log("teacher not found at \(teacherPath): teacher baseline and semantic-aware probing skipped") }
+    let loaded = try RunTeacher.load(cfg, override: c.teacherPath, log: log)
+    let teacher = loaded?.teacher, teacherSize = loaded.map { RunTeacher.inputSize($0.spec, cfg) } ?? 0
 
     var rows: [EvaluationRow] = []
     func evaluate(_ name: String, probe: Bool = true, _ features: (EvalImages, [Int]) throws -> Tensor) throws {
@@ -93,7 +93,7 @@ public enum Evaluation {
       if c.linearProbe && probe {
         var pc = c.probe
         pc.batchSize = min(pc.batchSize, bank.count)
-        let r = LinearProbe.run(train: fb, trainLabels: bankLabels, test: fq, testLabels: queryLabels, classes: classes,
+        let r = try LinearProbe.run(train: fb, trainLabels: bankLabels, test: fq, testLabels: queryLabels, classes: classes,
                                 config: pc, log: { _ in })
         row.probeTop1 = r.final.top1
         row.probeTop5 = r.final.top5
@@ -109,7 +109,7 @@ public enum Evaluation {
       try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool)
     }
     if let keep = c.semanticKeep, let teacher {
-      let sp = SemanticProbing(teacher: teacher, teacherImageSize: cfg.teacherImageSize, keepFraction: keep)
+      let sp = SemanticProbing(teacher: teacher, teacherImageSize: teacherSize, keepFraction: keep)
       try evaluate(String(format: "MILAN encoder, semantic-aware %.0f %% patches", keep * 100)) {
         try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool, semantic: sp)
       }
@@ -119,14 +119,45 @@ public enum Evaluation {
       try evaluate("random encoder (same architecture)") {
         try Features.encoder(random, images: $0, indices: $1, imageSize: size, pool: c.pool)
       }
-      if let teacher {
-        try evaluate("teacher DINOv2-S/14 (\(cfg.teacherImageSize) px)") {
-          try Features.teacher(teacher, images: $0, indices: $1, imageSize: cfg.teacherImageSize)
+      if let loaded {
+        try evaluate("teacher \(loaded.spec.name) (\(teacherSize) px, class token)") {
+          try Features.teacher(loaded.teacher, images: $0, indices: $1, imageSize: teacherSize)
         }
       }
       try evaluate("raw pixels (\(size) px)") { try Features.pixels(images: $0, indices: $1, imageSize: size) }
     }
     return EvaluationReport(dataset: dataDir, trainImages: bank.count, testImages: queries.count, rows: rows,
                             unreadableImages: train.loader.failureCount + test.loader.failureCount)
+  }
+}
+
+/// The teacher of a pretraining run for the commands that read a run (eval, step, embed): the one state.json
+/// records, or another file; a recorded file that no longer exists is skipped with a message (evaluation still
+/// scores the encoder), a file that exists but cannot be used is an error.
+public enum RunTeacher {
+  public static func load(_ cfg: PretrainConfig, override: String?, log: (String) -> Void) throws -> LoadedTeacher? {
+    if let override { return try TeacherFile.load(override) }
+    let path = cfg.teacher?.path ?? cfg.teacherPath
+    guard !path.isEmpty, cfg.teacher?.format != .inMemory else {
+      log("the run records no teacher file: teacher baseline and semantic-aware probing skipped (give --teacher)")
+      return nil
+    }
+    guard FileManager.default.fileExists(atPath: path) else {
+      log("teacher not found at \(path): teacher baseline and semantic-aware probing skipped (give --teacher)")
+      return nil
+    }
+    // Another copy of the same network may score the baseline; a changed file is said, not refused.
+    let t = try cfg.teacher.map { try TeacherFile.load(recorded: $0, allowChanged: true) } ?? TeacherFile.load(path)
+    if let rec = cfg.teacher, rec.sha256 != t.spec.sha256 {
+      log("note: \(path) has changed since pretraining (sha256 \(t.spec.sha256.prefix(12))…, recorded "
+        + "\(rec.sha256.prefix(12))…)")
+    }
+    return t
+  }
+
+  /// The teacher's input size for a run's student: the recorded one, else the student's grid × the teacher's patch.
+  public static func inputSize(_ spec: TeacherSpec, _ cfg: PretrainConfig) -> Int {
+    if let s = spec.inputSize, s / spec.architecture.patchSize == cfg.model.encoder.gridSize { return s }
+    return cfg.model.encoder.gridSize * spec.architecture.patchSize
   }
 }

@@ -6,7 +6,7 @@ import MilanAutograd
 import MilanModels
 import MilanTensor
 
-public enum FeaturePool: String, Codable, Sendable { case token, mean }
+public enum FeaturePool: String, Codable, Sendable, CaseIterable { case token, mean }
 
 public struct SemanticProbing {
   public var teacher: any Teacher

@@ -43,10 +43,9 @@ public struct FinetuneConfig: Codable, Sendable {
   }
 }
 
-/// Where a finetuning run stands after a completed epoch (finetune-state.json).
+/// Where a finetuning run stands (finetune-state.json): the loop's state and the scores so far.
 public struct FinetuneState: Codable, Sendable {
-  public var epochsDone: Int
-  public var rng: SplitMix64
+  public var loop: LoopState
   public var best: ClassificationScore
   public var last: ClassificationScore
   public var trainLoss: Double
@@ -87,8 +86,7 @@ public final class Finetuner: @unchecked Sendable {
     config = c
     self.log = log
     let dir = URL(fileURLWithPath: c.checkpoint)
-    let stateURL = dir.appendingPathComponent("state.json")
-    let state = try JSONDecoder().decode(TrainState.self, from: Data(contentsOf: stateURL))
+    let state = try TrainState.read(dir)
     let dataDir = c.dataDir ?? state.config.dataDir
     train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction, warn: log)
     test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction, warn: log)
@@ -158,13 +156,12 @@ public final class Finetuner: @unchecked Sendable {
     return LinearProbe.score(logits: logits, labels: test.labels(indices))
   }
 
-  /// Trains to `config.epochs`; with `resume`, continues from the last completed epoch written in the output folder
-  /// (classifier.safetensors, finetune-optimizer.safetensors, finetune-state.json — written at every epoch end, the
-  /// state last), exactly as an uninterrupted run would.
+  /// Trains to `config.epochs` on the shared TrainingLoop; with `resume`, continues from the checkpoint in the
+  /// output folder (classifier.safetensors, finetune-optimizer.safetensors, finetune-state.json, written as one unit
+  /// at every epoch end and on Ctrl-C) exactly as an uninterrupted run would. log.jsonl gets a line per iteration.
   public func run(resume: Bool = false) throws -> FinetuneResult {
     let c = config
     let out = URL(fileURLWithPath: c.outputDir)
-    try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
     var rng = SplitMix64(seed: c.seed ^ 0xF1E7)
     var pool = Array(0..<train.dataset.count)
     pool.shuffle(using: &rng)
@@ -173,68 +170,67 @@ public final class Finetuner: @unchecked Sendable {
     tpool.shuffle(using: &rng)
     let testIdx = Array(tpool.prefix(c.testImages ?? tpool.count))
     let steps = trainIdx.count / c.batchSize
-    guard steps > 0 else { throw PretrainError.invalidConfig("batchSize \(c.batchSize) exceeds the \(trainIdx.count) training images") }
+    guard steps > 0 else {
+      throw TrainingError.tooFewItems(run: "finetune", items: trainIdx.count, batchSize: c.batchSize)
+    }
     var best = ClassificationScore(top1: 0, top5: 0, loss: .infinity, count: 0)
     var last = best
     var trainLoss = 0.0
-    var firstEpoch = 0
+    var start = LoopState(rng: rng)
     if resume {
-      let s = try JSONDecoder().decode(FinetuneState.self,
-                                       from: Data(contentsOf: out.appendingPathComponent("finetune-state.json")))
+      let url = out.appendingPathComponent("finetune-state.json")
+      let s: FinetuneState
+      do { s = try JSONDecoder().decode(FinetuneState.self, from: Data(contentsOf: url)) } catch {
+        throw CheckpointError(message: "cannot resume from \(url.path): \(error)")
+      }
       try model.load(try SafeTensorsFile(contentsOf: out.appendingPathComponent("classifier.safetensors")).tensors())
       try Checkpoint.loadOptimizer(optimizer, parameters: model.trainableParameters(),
                                    from: out.appendingPathComponent("finetune-optimizer.safetensors"))
-      (firstEpoch, rng, best, last, trainLoss) = (s.epochsDone, s.rng, s.best, s.last, s.trainLoss)
-      log("resuming finetuning after epoch \(firstEpoch) (optimizer step \(optimizer.stepCount))")
+      (start, best, last, trainLoss) = (s.loop, s.best, s.last, s.trainLoss)
+      log("resuming finetuning at epoch \(start.epoch + 1), iteration \(start.iteration) (optimizer step "
+        + "\(optimizer.stepCount))")
     }
     let t0 = Date()
-    interrupted = false
-    for epoch in firstEpoch..<c.epochs {
-      var order = trainIdx
-      order.shuffle(using: &rng)
-      let fixedOrder = order, batchSize = c.batchSize
-      let prefetch = Prefetcher(from: 0, to: steps) { [self] it in
-        try trainBatch(Array(fixedOrder[(it * batchSize)..<((it + 1) * batchSize)]), epoch: epoch, iteration: it)
-      }
-      var sum = 0.0
-      for it in 0..<steps {
-        optimizer.lr = Float(maeLearningRate(epoch: Double(epoch) + Double(it) / Double(steps), baseLR: c.lr,
-                                             minLR: c.minLR, warmupEpochs: c.warmupEpochs, epochs: Double(c.epochs)))
-        let b = try prefetch.next()
+    let schedule = LoopSchedule(epochs: c.epochs, batchSize: c.batchSize) {
+      maeLearningRate(epoch: $0, baseLR: c.lr, minLR: c.minLR, warmupEpochs: c.warmupEpochs, epochs: Double(c.epochs))
+    }
+    let loop = TrainingLoop<Batch>(
+      name: "finetune", optimizer: optimizer, parameters: model.trainableParameters().map(\.1), items: trainIdx,
+      schedule: schedule, output: out,
+      makeBatch: { [self] ids, epoch, it in try trainBatch(ids, epoch: epoch, iteration: it) },
+      objective: { [self] b, rng in
         var dropRNG = SplitMix64(seed: rng.next())
-        let loss = softCrossEntropy(model(Variable(b.images), training: true, rng: &dropRNG), targets: b.targets)
-        let v = loss.value.data[0]
-        guard v.isFinite else {
-          throw PretrainError.nonFiniteLoss(step: epoch * steps + it, epoch: epoch, loss: v, checkpoint: nil)
-        }
-        loss.backward()
-        optimizer.step()
-        optimizer.zeroGrad()
-        sum += Double(v)
-        if shouldStop() {
-          log("interrupted in epoch \(epoch + 1); the checkpoint after epoch \(epoch) in \(out.path) is intact — "
-            + "continue with --resume")
-          interrupted = true
-          return FinetuneResult(epochs: epoch, test: last, best: best, trainLoss: sum / Double(it + 1))
-        }
-      }
-      trainLoss = sum / Double(steps)
-      if (epoch + 1) % c.evalEvery == 0 || epoch == c.epochs - 1 {
+        return softCrossEntropy(model(Variable(b.images), training: true, rng: &dropRNG), targets: b.targets)
+      },
+      saveCheckpoint: { [self] state in
+        // Weights, optimizer and state as one unit (all written before any is renamed; the state last), so a
+        // failed save keeps the previous three files.
+        let st = FinetuneState(loop: state, best: best, last: last, trainLoss: trainLoss)
+        let classifier = try classifierWriter(), moments = try Checkpoint.optimizerWriter(optimizer)
+        let stateJSON = try JSONEncoder().encode(st)
+        try StagedFile.commitAll([
+          { try classifier.stage(at: out.appendingPathComponent("classifier.safetensors")) },
+          { try moments.stage(at: out.appendingPathComponent("finetune-optimizer.safetensors")) },
+          { try StagedFile.stage(stateJSON, at: out.appendingPathComponent("finetune-state.json")) },
+        ])
+      },
+      log: log)
+    loop.shouldStop = shouldStop
+    loop.progressEvery = max(10, steps / 4)
+    loop.logFields = { [self] in ["unreadable_images": train.loader.failureCount] }
+    loop.epochEnded = { [self] s in
+      trainLoss = s.epochLossSum / Double(steps)
+      if (s.epoch + 1) % c.evalEvery == 0 || s.epoch == c.epochs - 1 {
         last = try evaluate(testIdx)
         if last.top1 > best.top1 { best = last }
-        log(String(format: "finetune epoch %d/%d: train loss %.4f, test top-1 %.2f %% top-5 %.2f %% (%.0f s)", epoch + 1,
-                   c.epochs, trainLoss, last.top1 * 100, last.top5 * 100, Date().timeIntervalSince(t0)))
+        log(String(format: "finetune epoch %d/%d: train loss %.4f, test top-1 %.2f %% top-5 %.2f %% (%.0f s)",
+                   s.epoch + 1, c.epochs, trainLoss, last.top1 * 100, last.top5 * 100, Date().timeIntervalSince(t0)))
       }
-      // Weights, optimizer and state as one unit (all written before any is renamed; the state last), so a failed
-      // save keeps the previous epoch's three files.
-      let state = FinetuneState(epochsDone: epoch + 1, rng: rng, best: best, last: last, trainLoss: trainLoss)
-      let classifier = try classifierWriter(), moments = try Checkpoint.optimizerWriter(optimizer)
-      let stateJSON = try JSONEncoder().encode(state)
-      try StagedFile.commitAll([
-        { try classifier.stage(at: out.appendingPathComponent("classifier.safetensors")) },
-        { try moments.stage(at: out.appendingPathComponent("finetune-optimizer.safetensors")) },
-        { try StagedFile.stage(stateJSON, at: out.appendingPathComponent("finetune-state.json")) },
-      ])
+    }
+    let final = try loop.run(from: start, resumed: resume)
+    interrupted = loop.interrupted
+    if interrupted {
+      return FinetuneResult(epochs: final.epoch, test: last, best: best, trainLoss: trainLoss)
     }
     let result = FinetuneResult(epochs: c.epochs, test: last, best: best, trainLoss: trainLoss)
     let enc = JSONEncoder()

@@ -50,13 +50,16 @@ public final class LinearProbeHead: Module {
 }
 
 public enum LinearProbe {
-  /// Trains a probe on `train` features and scores it on `test` after every epoch (the last epoch's score is
-  /// returned with the best).
+  /// Trains a probe on `train` features and scores it on `test` after every epoch; returns the last epoch's score
+  /// (no epoch is picked by its test score) and the trained head.
   public static func run(train: Tensor, trainLabels: [Int], test: Tensor, testLabels: [Int], classes: Int,
-                         config c: LinearProbeConfig, log: (String) -> Void = { _ in })
+                         config c: LinearProbeConfig, log: (String) -> Void = { _ in }) throws
     -> (final: ClassificationScore, head: LinearProbeHead) {
     let n = train.shape[0], d = train.shape[1]
-    precondition(n >= c.batchSize && c.batchSize > 1, "linear probe: batch \(c.batchSize) needs more than 1 and at most \(n) samples")
+    guard c.batchSize > 1 && n >= c.batchSize else {
+      throw PretrainError.invalidConfig("linear probe: the batch size \(c.batchSize) must be at least 2 and at most the "
+        + "\(n) training features (--probe-batch, --train-images)")
+    }
     let head = LinearProbeHead(features: d, classes: classes, seed: c.seed)
     let opt = LARS(parameters: head.namedParameters(), lr: Float(c.lr), momentum: c.momentum, weightDecay: c.weightDecay)
     var rng = SplitMix64(seed: c.seed ^ 0x1111)

@@ -1,10 +1,13 @@
 // `milan step`: one training step of a checkpoint on a given batch, every intermediate written out. The batch file
 // holds `images` [B, 3, H, W] and the masking noise (`exp_noise` [B, L] for semantic-aware sampling, or
 // `uniform_noise` [B, L] for random masking), and optionally the teacher's outputs `target` [B, 1 + L, C] and
-// `importance` [B, L]; without them the teacher is run on the images. Output: `loss`, `pred`, `latent`, the masking
-// (`ids_shuffle`, `ids_restore`, `ids_keep`, `ids_dump`, `mask`), `target`, `importance`, `grad.<key>` for every
-// trainable parameter, and, when an AdamW learning rate is given, `updated.<key>` after one AdamW step from zero
-// moments (betas 0.9/0.95, eps 1e-8, MAE's weight-decay groups), optionally after gradient clipping.
+// `importance` [B, L]; without them the teacher is run on the images (the pixel target with random masking needs
+// neither). The objective is the model's own (MILANModel.loss: target, decoder, loss tokens). Output: `loss`,
+// `pred`, `latent`, the masking (`ids_shuffle`, `ids_restore`, `ids_keep`, `ids_dump`, `mask`), `target` and
+// `importance` when a teacher was involved, `grad.<key>` for every trainable parameter, and, when an AdamW learning
+// rate is given, `updated.<key>` after one AdamW step (betas 0.9/0.95, eps 1e-8, MAE's weight-decay groups) from
+// zero moments or from given ones (`exp_avg.<key>`, `exp_avg_sq.<key>` are written too), optionally after gradient
+// clipping.
 import Foundation
 import MilanAutograd
 import MilanIO
@@ -28,10 +31,12 @@ public enum SingleStepError: Error, CustomStringConvertible {
 
 public struct SingleStepOptions: Sendable {
   public var maskRatio: Double = 0.75
-  public var maskedLossOnly = false
   public var adamwLR: Float? = nil
   public var weightDecay: Float = 0.05
   public var gradClip: Float? = nil
+  /// AdamW moments to continue from (`<key>.exp_avg`, `<key>.exp_avg_sq` and the `step` metadata, as
+  /// optimizer.safetensors holds them); nil: zero moments.
+  public var optimizerState: URL? = nil
   public init() {}
 }
 
@@ -42,7 +47,9 @@ public enum SingleStep {
       throw SingleStepError.missingInput("the model file has no `milan.config` metadata (not written by milan pretrain); "
         + "pass the configuration with --config")
     }
-    return try JSONDecoder().decode(MILANConfig.self, from: Data(json.utf8))
+    do { return try JSONDecoder().decode(MILANConfig.self, from: Data(json.utf8)) } catch let e as DecodingError {
+      throw SingleStepError.missingInput("the model file's `milan.config` metadata: \(describe(e))")
+    }
   }
 
   public static func run(model: MILANModel, batch: SafeTensorsFile, teacher: (any Teacher)?,
@@ -55,25 +62,30 @@ public enum SingleStep {
       throw SingleStepError.shape("images are \(images.shape); the model expects [B, 3, \(enc.imageSize), \(enc.imageSize)]")
     }
     let b = images.shape[0], l = enc.numPatches
-    let target: Tensor, importance: Tensor
-    if has("target") && has("importance") {
-      target = try batch.tensor("target")
-      importance = try batch.tensor("importance")
-    } else {
-      guard let teacher else { throw SingleStepError.noTeacher }
-      let t = Autograd.noGrad { teacher.encode(images) }
-      target = t.features
-      importance = t.clsAttention
-    }
-    guard target.shape == [b, 1 + l, model.config.predictionDim], importance.shape == [b, l] else {
-      throw SingleStepError.shape("teacher outputs \(target.shape) / \(importance.shape); expected [\(b), \(1 + l), "
-        + "\(model.config.predictionDim)] / [\(b), \(l)]")
+    let cfg = model.config
+    let needsImportance = has("exp_noise")
+    let needsTarget = cfg.target == .features
+    var target: Tensor? = nil, importance: Tensor? = nil
+    if (needsTarget || needsImportance) {
+      if has("target") && has("importance") {
+        target = try batch.tensor("target")
+        importance = try batch.tensor("importance")
+      } else {
+        guard let teacher else { throw SingleStepError.noTeacher }
+        let t = Autograd.noGrad { teacher.encode(images) }
+        target = t.features
+        importance = t.clsAttention
+      }
+      guard importance!.shape == [b, l], !needsTarget || target!.shape == [b, 1 + l, cfg.predictionDim] else {
+        throw SingleStepError.shape("teacher outputs \(target!.shape) / \(importance!.shape); expected [\(b), \(1 + l), "
+          + "\(cfg.predictionDim)] / [\(b), \(l)]")
+      }
     }
     let m: MaskingResult
     if has("exp_noise") {
       let noise = try batch.tensor("exp_noise")
       guard noise.shape == [b, l] else { throw SingleStepError.shape("exp_noise is \(noise.shape), expected [\(b), \(l)]") }
-      m = Masking.semanticAware(importance: importance, expNoise: noise, maskRatio: o.maskRatio)
+      m = Masking.semanticAware(importance: importance!, expNoise: noise, maskRatio: o.maskRatio)
     } else if has("uniform_noise") {
       let noise = try batch.tensor("uniform_noise")
       guard noise.shape == [b, l] else { throw SingleStepError.shape("uniform_noise is \(noise.shape), expected [\(b), \(l)]") }
@@ -85,12 +97,13 @@ public enum SingleStep {
     var rng = SplitMix64(seed: 0)
     let latent = model.forwardEncoder(Variable(images), masking: m, training: false, rng: &rng)
     let pred = model.kdPred.map { $0(latent) } ?? model.forwardDecoder(latent, masking: m, rng: &rng)
-    let loss = model.featureLoss(pred, teacher: target, masking: m, maskedOnly: o.maskedLossOnly)
+    let loss = try model.loss(pred, images: images, teacher: needsTarget ? target : nil, masking: m)
     loss.backward()
     var out: [(String, Tensor)] = [
-      ("loss", loss.value), ("pred", pred.value), ("latent", latent.value), ("target", target),
-      ("importance", importance), ("mask", Tensor(shape: [b, l], values: m.mask)),
+      ("loss", loss.value), ("pred", pred.value), ("latent", latent.value), ("mask", Tensor(shape: [b, l], values: m.mask)),
     ]
+    if let target { out.append(("target", target)) }
+    if let importance { out.append(("importance", importance)) }
     let trainable = model.trainableParameters()
     for (k, p) in trainable { out.append(("grad." + k, (p.grad ?? Tensor(zeros: p.shape)).copy())) }
     if let lr = o.adamwLR {
@@ -99,8 +112,13 @@ public enum SingleStep {
       }
       let opt = AdamW(groups: ParamGroup.weightDecayGroups(model.namedParameters(), weightDecay: o.weightDecay),
                       lr: lr, beta1: 0.9, beta2: 0.95)
+      if let url = o.optimizerState { try Checkpoint.loadOptimizer(opt, parameters: trainable, from: url) }
       opt.step()
       for (k, p) in trainable { out.append(("updated." + k, p.value.copy())) }
+      for (k, st) in opt.state.sorted(by: { $0.key < $1.key }) {
+        out.append(("exp_avg." + k, st.expAvg.copy()))
+        out.append(("exp_avg_sq." + k, st.expAvgSq.copy()))
+      }
     }
     return StepResult(tensors: out, indices: [("ids_shuffle", m.idsShuffle), ("ids_restore", m.idsRestore),
                                               ("ids_keep", m.idsKeep), ("ids_dump", m.idsDump)])

@@ -30,6 +30,8 @@ extension Milan {
     var output: String
     @Option(help: "Target naming: \(Target.allCases.map(\.rawValue).joined(separator: ", ")).")
     var to: Target = .timm
+    @Option(help: "timm output: resize pos_embed to this image size (timm's resample_abs_pos_embed: bicubic, antialiased, class row kept), so the file loads strictly into timm.create_model(..., img_size=N).")
+    var imageSize: Int?
 
     func run() throws {
       let url = URL(fileURLWithPath: input)
@@ -56,7 +58,7 @@ extension Milan {
         }
         kind = k
       }
-      let out: [String: Tensor]
+      var out: [String: Tensor]
       switch to {
       case .timm: out = try Conversions.toTimm(tensors, from: kind)
       case .hf:
@@ -69,6 +71,12 @@ extension Milan {
         case .openCLIP: out = tensors.filter { $0.key.hasPrefix("visual.") }
         case .huggingFaceCLIP: out = try CLIPKeys.fromHuggingFace(tensors)
         default: throw ValidationError("--to open_clip needs a CLIP input; this is \(kind.rawValue)")
+        }
+      }
+      if let imageSize {
+        guard to == .timm else { throw ValidationError("--image-size applies to --to timm output") }
+        do { out = try Conversions.resizePositionEmbedding(out, imageSize: imageSize) } catch {
+          throw ValidationError("--image-size \(imageSize): \(error)")
         }
       }
       var w = SafeTensorsWriter(metadata: [

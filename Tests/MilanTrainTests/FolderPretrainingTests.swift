@@ -21,9 +21,12 @@ func clipFixtureTeacher() throws -> CLIPVisionTeacher {
 func folderConfig(_ out: URL, epochs: Int = 1, decoder: MILANConfig.Decoder = .prompting) -> PretrainConfig {
   let enc = ViTConfig(imageSize: 32, patchSize: 8, embedDim: 32, depth: 2, numHeads: 2)
   var c = PretrainConfig(model: MILANConfig(encoder: enc, decoderDim: 16, decoderDepth: 1, decoderHeads: 2,
-                                            decoder: decoder, predictionDim: 24),
-                         imageSize: 32, teacherImageSize: 32, epochs: epochs, warmupEpochs: 0, batchSize: 2, blr: 1e-3,
+                                            decoder: decoder),
                          dataDir: Fixtures.url("images/files/tiny_folder").path, teacherPath: "", outputDir: out.path)
+  c.epochs = epochs
+  c.warmupEpochs = 0
+  c.batchSize = 2
+  c.blr = 1e-3
   c.maxUnreadableFraction = 0.2  // 1 of the 7 files is corrupt
   return c
 }
@@ -41,7 +44,7 @@ final class Lines: @unchecked Sendable {
     defer { try? FileManager.default.removeItem(at: out) }
     let lines = Lines()
     let t = try Pretrainer(folderConfig(out, epochs: 2), teacher: try clipFixtureTeacher(), log: { lines.add($0) })
-    #expect(t.config.augment)
+    #expect(t.config.augment == true && t.config.teacherImageSize == 32 && t.config.model.predictionDim == 24)
     let final = try t.run()
     #expect(final.epoch == 2 && final.step == 6)  // 7 images, batch 2 → 3 steps per epoch
     let warnings = lines.all.filter { $0.contains("unreadable") && $0.contains("corrupt.jpg") }
@@ -107,20 +110,57 @@ final class Lines: @unchecked Sendable {
     #expect(keys.contains("kd_pred.weight") && !keys.contains("decoder_pred.weight") && !keys.contains("mask_token"))
   }
 
-  @Test func configFilesMayOmitOptionalFields() throws {
-    let json = """
-      {"model": {"encoder": {"imageSize": 32, "patchSize": 4, "embedDim": 64, "depth": 2, "numHeads": 2},
-                 "decoderDim": 32, "decoderDepth": 1, "decoderHeads": 2, "predictionDim": 384},
-       "imageSize": 32, "epochs": 3, "batchSize": 16, "blr": 0.001, "augment": true}
-      """
-    let c = try JSONDecoder().decode(PretrainConfig.self, from: Data(json.utf8))
-    #expect(c.teacherImageSize == 32 && c.maskRatio == 0.75 && c.masking == .semantic && c.augment && c.cropScale == [0.2, 1])
-    #expect(c.gradClip == nil && c.accumulation == 1 && c.dataDir.isEmpty)
+  /// A configuration file may leave out any field: it gets the documented default (`PretrainConfig.defaults`, what
+  /// the command line uses too), and the three "follow" fields stay open until a run resolves them.
+  @Test func configFilesTakeTheDocumentedDefaults() throws {
+    func decode(_ json: String) throws -> PretrainConfig { try JSONDecoder().decode(PretrainConfig.self, from: Data(json.utf8)) }
+    #expect(try decode("{}") == PretrainConfig.defaults)
+    let d = PretrainConfig.defaults
+    #expect(d.augment == nil && d.teacherImageSize == nil && d.model.predictionDim == 0 && d.trainImages == nil)
+    #expect(d.blr == 2e-3 && d.epochs == 15 && d.model.encoder == ViTConfig.named("vit_demo_patch4_32"))
+
+    let c = try decode(#"{"epochs": 3, "model": {"encoder": "vit_small_patch16_224"}, "maskedLossOnly": true}"#)
+    #expect(c.epochs == 3 && c.imageSize == 224 && c.model.encoder.embedDim == 384 && c.model.decoderDim == 512
+      && c.model.decoderDepth == 8 && c.model.lossTokens == .masked && c.blr == d.blr && c.augment == nil)
+    let sized = try decode(#"{"imageSize": 96, "model": {"encoder": {"patchSize": 16, "embedDim": 64, "depth": 2, "numHeads": 2}}}"#)
+    #expect(sized.imageSize == 96 && sized.model.encoder.imageSize == 96)
+    #expect(throws: DecodingError.self) { _ = try decode(#"{"imageSize": 32, "model": {"encoder": "vit_small_patch16_224"}}"#) }
+    #expect(throws: DecodingError.self) { _ = try decode(#"{"model": {"encoder": "vit_enormous_patch16_224"}}"#) }
+
+    // Written with the image size once; read back equal.
+    let json = String(decoding: try PretrainConfig.jsonEncoder().encode(c), as: UTF8.self)
+    #expect(json.components(separatedBy: "\"imageSize\"").count == 2, "\(json)")
+    #expect(try decode(json) == c)
+
     var bad = c
     bad.cropScale = [0.5, 0.2]
     #expect(throws: PretrainError.self) { try bad.validate() }
-    #expect(throws: DecodingError.self) {
-      _ = try JSONDecoder().decode(PretrainConfig.self, from: Data(#"{"imageSize": 32}"#.utf8))
+    var kdMasked = c
+    kdMasked.model.decoder = .kd
+    #expect(throws: PretrainError.self) { try kdMasked.validate() }
+  }
+
+  /// What a run resolves: augmentation off for an IDX set, on for an image folder; no teacher is read for the pixel
+  /// target with random masking (MAE), and the prediction size is the pixel patch.
+  @Test func aRunResolvesAugmentationAndNeedsNoTeacherForPixels() throws {
+    var c = folderConfig(tempDir("resolve"))
+    c.model.target = .pixels
+    c.model.lossTokens = .masked
+    c.masking = .random
+    c.teacherPath = "/nonexistent/teacher.onnx"
+    let folder = try Pretrainer(c, log: { _ in })
+    #expect(folder.teacher == nil && folder.config.augment == true && folder.config.teacher == nil)
+    #expect(folder.config.model.predictionDim == 8 * 8 * 3)
+    if FileManager.default.fileExists(atPath: Real.data) {
+      c.dataDir = Real.data
+      #expect(try Pretrainer(c, log: { _ in }).config.augment == false)
+    }
+    c.masking = .semantic  // semantic-aware masking needs the teacher's attention
+    do {
+      _ = try Pretrainer(c, log: { _ in })
+      Issue.record("a missing teacher file was not reported")
+    } catch let e as TeacherFileError {
+      #expect(e.description.contains("/nonexistent/teacher.onnx") && e.description.contains("no such file"), "\(e)")
     }
   }
 }

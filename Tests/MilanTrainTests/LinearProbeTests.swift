@@ -54,10 +54,10 @@ struct LinearProbeTests {
               try Features.teacher(teacher, images: test, indices: teIds, imageSize: size))
     let fr = (try Features.encoder(randomViT, images: train, indices: trIds, imageSize: size),
               try Features.encoder(randomViT, images: test, indices: teIds, imageSize: size))
-    let trained = LinearProbe.run(train: ft.0, trainLabels: trY, test: ft.1, testLabels: teY, classes: 4, config: cfg).final
-    let rand = LinearProbe.run(train: fr.0, trainLabels: trY, test: fr.1, testLabels: teY, classes: 4, config: cfg).final
+    let trained = try LinearProbe.run(train: ft.0, trainLabels: trY, test: ft.1, testLabels: teY, classes: 4, config: cfg).final
+    let rand = try LinearProbe.run(train: fr.0, trainLabels: trY, test: fr.1, testLabels: teY, classes: 4, config: cfg).final
     var rng = SplitMix64(seed: 5)
-    let shuffled = LinearProbe.run(train: ft.0, trainLabels: trY.shuffled(using: &rng), test: ft.1, testLabels: teY,
+    let shuffled = try LinearProbe.run(train: ft.0, trainLabels: trY.shuffled(using: &rng), test: ft.1, testLabels: teY,
                                    classes: 4, config: cfg).final
     print(String(format: "ok  linear probe, 4 garment classes, 800 train / 400 test: DINOv2 features %.2f %%, random "
       + "encoder %.2f %%, DINOv2 with shuffled labels %.2f %%", trained.top1 * 100, rand.top1 * 100, shuffled.top1 * 100))

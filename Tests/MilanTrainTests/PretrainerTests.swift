@@ -79,7 +79,7 @@ struct PretrainerTests {
     do {
       try t.run(from: state)
       Issue.record("a NaN loss did not stop the run")
-    } catch let e as PretrainError {
+    } catch let e as TrainingError {
       #expect(e.description.contains("nan") && e.description.contains(dir.path), "\(e)")
     }
     #expect(try Data(contentsOf: dir.appendingPathComponent("model.safetensors")) == before)
@@ -180,8 +180,7 @@ extension PretrainerTests {
     func resumeUnderLimit(_ limit: Int) throws -> (status: Int32, stderr: String) {
       let process = Process()
       process.executableURL = URL(fileURLWithPath: "/bin/sh")
-      let args = ["pretrain", "--teacher", Real.teacher, "--output", dir.path, "--epochs", "2", "--train-images", "96",
-                  "--batch-size", "32", "--resume"]
+      let args = ["pretrain", "--teacher", Real.teacher, "--output", dir.path, "--epochs", "2", "--resume"]
       process.arguments = ["-c", "trap '' XFSZ; exec prlimit --fsize=\(limit) \"$0\" \"$@\"", try milanExecutable().path]
         + args
       let errPipe = Pipe()
