@@ -6,7 +6,9 @@ whose helpers it imports):
 
     /work/venv-ref/bin/python tools/make_milan_fixtures.py [--out DIR] [--list]
 
-Output: Tests/Fixtures/milan/step_{milan,random_mask,mae_pixel,kd}{,_grad,_adamw}.safetensors. Each variant is split
+Output: Tests/Fixtures/milan/step_{milan,random_mask,mae_pixel,mae_feature,kd}{,_grad,_adamw}.safetensors, and
+step_{milan_patches,milan_masked,kd_patches,mae_pixel_patches}.safetensors (loss + gradients of the other loss-token
+options on the variant's weights and batch). Each variant is split
 over three files (one step's forward / its gradients / the AdamW update plus a 10-step run) so that every file stays
 well under 1 MiB; the union of a variant's three files is one flat key set (no key appears twice).
 
@@ -55,6 +57,10 @@ VARIANTS = {
                         pred_dim=CLIP["output_dim"], noise="uniform"),
     "mae_pixel": dict(use_clip=False, attn_mask=False, change_decoder=False, norm_pix_loss=True,
                       pred_dim=STUDENT["patch_size"] ** 2 * STUDENT["in_chans"], noise="uniform"),
+    # paper Table 5's "MAE decoder" rows with the teacher's features: MAE's self-attention decoder over all 1 + L
+    # tokens, predicting every token (class token included), semantic-aware masking as milan (same batch and noise)
+    "mae_feature": dict(use_clip=True, attn_mask=True, change_decoder=False, norm_pix_loss=False,
+                        pred_dim=CLIP["output_dim"], noise="exp"),
     # knowledge-distillation ablation (paper Table 10): MILAN's encoder + semantic-aware masking, no decoder
     "kd": dict(use_clip=True, attn_mask=True, change_decoder=True, norm_pix_loss=False, pred_dim=CLIP["output_dim"],
                noise="exp", kd=True, encoder_from="milan"),
@@ -357,6 +363,43 @@ def kd_files(name, v, main, grad_file, adamw_file, nd, d):
     return {f"step_{name}": main, f"step_{name}_grad": grad_file, f"step_{name}_adamw": adamw_file}, meta
 
 
+# The loss-token options of the reference (model.loss_tokens) beyond each variant's default: the same weights, batch
+# and noise as the variant's step_V file; one forward + backward; loss and every gradient.
+LOSS_TOKEN_VARIANTS = [("milan", "patches"), ("milan", "masked"), ("kd", "patches"), ("mae_pixel", "patches")]
+
+
+def loss_token_file(name, tokens, teacher, main):
+    v = VARIANTS[name]
+    model = build_student(v)
+    model.loss_tokens = tokens
+    for k, t in model.state_dict().items():
+        assert torch.equal(t, main[f"model.{k}"]), k
+    noise_key = "exp_noise" if v["noise"] == "exp" else "uniform_noise"
+    out = forward_step(model, teacher, v, main["images"], main[noise_key])
+    out["loss"].backward()
+    for k in ("ids_keep", "mask"):
+        assert torch.equal(out[k], main[k]), k
+    # the same value from the default-loss predictions, computed independently
+    pred, mask = main["pred"].detach(), main["mask"]
+    if not v["use_clip"]:
+        per_patch = ((pred - model.pixel_target(main["images"])) ** 2).mean(dim=-1)
+        expect = per_patch.mean()
+    else:
+        p = pred / pred.norm(dim=2, keepdim=True)
+        t = main["target"] / main["target"].norm(dim=2, keepdim=True)
+        per_token = 2 - 2 * (p * t).sum(-1)
+        expect = per_token[:, 1:].mean() if tokens == "patches" else (per_token[:, 1:] * mask).sum() / mask.sum()
+    assert_close(f"{name} {tokens} loss vs formula", out["loss"].detach(), expect, 1e-6)
+    grads = {f"grad.{n}": p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    result = {"loss": out["loss"].detach(), **grads}
+    meta = {"config": json.dumps({"variant": name, "loss_tokens": tokens, "weights_batch_noise": f"step_{name}.safetensors",
+                                  "loss": {"patches": "mean over the patch tokens (class token excluded)",
+                                           "masked": "mean over the masked patch tokens"}[tokens]}, sort_keys=True)}
+    print(f"  {name} / {tokens}: loss {result['loss'].item():.6f}", file=sys.stderr)
+    return result, meta
+
+
 def check_kd_against_milan(kd, milan):
     """kd shares the encoder weights, batch, mask noise (hence the mask and the latent) with the milan variant."""
     km, mm = kd["step_kd"], milan["step_milan"]
@@ -394,6 +437,13 @@ def main():
                           (torch.float32, torch.int64), 700_000, 44 if args.list else None, REPO)
         print(f"  {name}: loss {files['step_' + name]['loss'].item():.6f}, losses_10 "
               f"{[round(x, 4) for x in files['step_' + name + '_adamw']['losses_10'].tolist()]}", file=sys.stderr)
+    for k in ("images", "exp_noise", "importance", "ids_shuffle", "ids_keep", "mask", "latent", "target"):
+        assert torch.equal(done["mae_feature"]["step_mae_feature"][k], done["milan"]["step_milan"][k]), k
+    for name, tokens in LOSS_TOKEN_VARIANTS:
+        result, extra = loss_token_file(name, tokens, teacher, done[name][f"step_{name}"])
+        write_fixture(os.path.join(args.out, f"step_{name}_{tokens}.safetensors"), result,
+                      {**BASE_METADATA, **extra}, (torch.float32, torch.int64), 700_000,
+                      44 if args.list else None, REPO)
 
 
 if __name__ == "__main__":

@@ -226,8 +226,10 @@ class MaskedAutoencoderViT(nn.Module):
     change_decoder=True : prompting decoder (Block_fordecoder; keys decoder_blocks.{j}.attn.{q,kv,proj}).
     change_decoder=False: the standard MAE decoder (Block; keys decoder_blocks.{j}.attn.{qkv,proj}).
     use_clip=True : decoder_pred -> pred_dim (= teacher output dim), prediction keeps the class token
-                    [B, 1+L, C]; feature loss 2 - 2cos (all tokens by default, `loss_masked_only` for masked
-                    patches only). use_clip=False: decoder_pred -> p*p*in_chans, class token removed, MAE pixel loss.
+                    [B, 1+L, C]; feature loss 2 - 2cos (all tokens by default; `loss_tokens` "patches" drops the
+                    class token, "masked" keeps the masked patches only; `loss_masked_only` = "masked").
+                    use_clip=False: decoder_pred -> p*p*in_chans, class token removed, MAE pixel loss (masked
+                    patches; `loss_tokens` "patches": every patch).
     kd=True (requires use_clip): knowledge-distillation ablation (paper Table 10, "MILAN without decoder"). No decoder
                     at all (no mask_token, decoder_embed, decoder_pos_embed, decoder_blocks, decoder_norm,
                     decoder_pred; the decoder_* arguments and change_decoder are ignored). One head
@@ -243,7 +245,7 @@ class MaskedAutoencoderViT(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  norm_pix_loss=False, use_clip=False, attn_mask=False, change_decoder=True, pred_dim=512,
-                 loss_masked_only=False, kd=False):
+                 loss_masked_only=False, kd=False, loss_tokens=None):
         super().__init__()
         assert use_clip or not kd, "kd regresses teacher features (use_clip=True)"
         # encoder (registration order as the reference, so the global-RNG consumption matches it)
@@ -266,6 +268,9 @@ class MaskedAutoencoderViT(nn.Module):
         self.attn_mask = attn_mask
         self.change_decoder = change_decoder
         self.loss_masked_only = loss_masked_only
+        # which tokens the loss averages over: "all" (feature target: class token + every patch; the released
+        # code), "patches" (no class token; pixel target: every patch), "masked" (masked patches; MAE's pixel loss)
+        self.loss_tokens = loss_tokens or ("masked" if loss_masked_only or not use_clip else "all")
         self.initialize_weights()
 
     def _build_decoder(self, num_patches, patch_size, in_chans, embed_dim, decoder_embed_dim, decoder_depth,
@@ -391,8 +396,11 @@ class MaskedAutoencoderViT(nn.Module):
         if not self.use_clip:
             target = self.pixel_target(imgs)
             loss = ((pred - target) ** 2).mean(dim=-1)      # [N, L]
-            return (loss * mask).sum() / mask.sum()         # masked patches only
-        return milan_feature_loss(pred, target, mask if self.loss_masked_only else None)
+            assert self.loss_tokens in ("masked", "patches"), "the pixel target has no class token"
+            if self.loss_tokens == "patches":
+                return loss.mean()                          # every patch
+            return (loss * mask).sum() / mask.sum()         # masked patches only (MAE)
+        return milan_feature_loss(pred, target, mask, tokens=self.loss_tokens)
 
     def forward(self, imgs, mask_ratio=0.75, noise=None, target=None, importance=None):
         """imgs [N, C, H, W]; noise: U(0,1) or Exp(1) [N, L] (see forward_encoder); target: teacher tokens
@@ -405,7 +413,8 @@ class MaskedAutoencoderViT(nn.Module):
         if self.kd:
             out["pred"] = self.kd_pred(latent)                       # [N, 1+K, C]
             out["kd_target"] = kd_gather_target(target, ids_keep)    # [N, 1+K, C]
-            out["loss"] = milan_feature_loss(out["pred"], out["kd_target"])
+            assert self.loss_tokens in ("all", "patches"), "kd predicts no masked patch"
+            out["loss"] = milan_feature_loss(out["pred"], out["kd_target"], tokens=self.loss_tokens)
             return out
         out["pred"] = self.forward_decoder(latent, ids_restore, ids_keep, ids_dump)
         out["loss"] = self.forward_loss(imgs, out["pred"], mask, target)
@@ -418,14 +427,20 @@ def kd_gather_target(target, ids_keep):
     return torch.cat([target[:, :1], gather_tokens(target[:, 1:], ids_keep)], dim=1)
 
 
-def milan_feature_loss(pred, target, mask=None):
-    """2 - 2 cos per token, L2 normalisation without epsilon. mask None: mean over all N x (1+L) tokens (class token
-    included, the released code). mask [N, L] given: mean over the masked patch tokens only (class token excluded)."""
+def milan_feature_loss(pred, target, mask=None, tokens=None):
+    """2 - 2 cos per token, L2 normalisation without epsilon, over `tokens`: "all" = the mean over all N x (1+L)
+    tokens (class token included, the released code); "patches" = the mean over the patch tokens (index 1 on);
+    "masked" = the mean over the masked patch tokens only (mask [N, L], 1 = removed). Default: "masked" when a mask
+    is given, else "all"."""
+    tokens = tokens or ("all" if mask is None else "masked")
     pred = pred / pred.norm(dim=2, keepdim=True)
     target = target / target.norm(dim=2, keepdim=True)
     loss = 2 - 2 * (pred * target).sum(dim=-1)   # [N, 1+L]
-    if mask is None:
+    if tokens == "all":
         return loss.mean()
+    if tokens == "patches":
+        return loss[:, 1:].mean()
+    assert tokens == "masked" and mask is not None
     return (loss[:, 1:] * mask).sum() / mask.sum()
 
 
