@@ -227,7 +227,8 @@ public enum TeacherFile {
         if keys.contains(where: { $0.hasPrefix(prefix + "encoder.layer.0.mlp.weights_in") || $0.hasPrefix(prefix + "encoder.layer.0.mlp.w12") }) {
           throw TeacherFileError(path, "DINOv2 with a SwiGLU MLP (the giant model) is not supported")
         }
-        let t = try tensors { $0.hasPrefix(prefix) && !$0.hasPrefix(prefix + "pooler") }
+        let families = ["embeddings.", "encoder.", "layernorm."].map { prefix + $0 }
+        let t = try tensors { k in families.contains { k.hasPrefix($0) } }
         return (try dinov2(Dictionary(uniqueKeysWithValues: t.map { (String($0.key.dropFirst(prefix.count)), $0.value) }),
                            hints: hints, path: path), .dinov2HF)
       }
@@ -245,16 +246,16 @@ public enum TeacherFile {
           throw TeacherFileError(path, "a timm ViT without a final `norm` (global-pool classifier?): a teacher's "
             + "tokens are taken after the final norm")
         }
-        let skip: (String) -> Bool = {
-          $0.hasPrefix("head.") || $0.hasPrefix("decoder_") || $0 == "mask_token" || $0.hasPrefix("kd_pred.")
-            || $0.hasPrefix("fc_norm.")
+        // The backbone's tensors only (a classifier head, a MILAN decoder, a DINOv2 mask token are not used).
+        let keep: (String) -> Bool = { k in
+          k == "cls_token" || k == "pos_embed" || ["patch_embed.", "blocks.", "norm."].contains { k.hasPrefix($0) }
         }
         var own = hints
         if let json = file.metadata["milan.config"],
            let c = try? JSONDecoder().decode(MILANConfig.self, from: Data(json.utf8)) {
           own.heads = own.heads ?? c.encoder.numHeads
         }
-        return (try dinov2(Conversions.timmToDINOv2HF(try tensors { !skip($0) }), hints: own, path: path), .timm)
+        return (try dinov2(Conversions.timmToDINOv2HF(try tensors(keep)), hints: own, path: path), .timm)
       }
     } catch let e as TeacherFileError {
       throw e

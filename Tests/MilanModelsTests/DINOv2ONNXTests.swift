@@ -8,7 +8,7 @@ import MilanTensor
 import MilanTestSupport
 import Testing
 
-enum TeacherFile {
+enum RealDINOv2 {
   static var url: URL {
     if let p = ProcessInfo.processInfo.environment["MILAN_DINOV2_ONNX"] { return URL(fileURLWithPath: p) }
     let cache = ProcessInfo.processInfo.environment["MILAN_CACHE"]
@@ -19,11 +19,11 @@ enum TeacherFile {
   static var required: Bool { ProcessInfo.processInfo.environment["CI"] != nil }
 }
 
-@Suite(.enabled(if: TeacherFile.present || TeacherFile.required,
+@Suite(.enabled(if: RealDINOv2.present || RealDINOv2.required,
                 "DINOv2 ONNX not found; run scripts/fetch-teacher.sh (scripts/test.sh does)"))
 struct DINOv2ONNXTests {
   @Test func realDINOv2MatchesOnnxruntimeOnPhotos() throws {
-    let teacher = try DINOv2ONNX.load(TeacherFile.url)
+    let teacher = try DINOv2ONNX.load(RealDINOv2.url)
     #expect(teacher.config == DINOv2Config(imageSize: 518, patchSize: 14, hiddenSize: 384, layers: 12, heads: 6))
     #expect(teacher.parameterCount > 21_000_000)
 
