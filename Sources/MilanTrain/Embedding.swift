@@ -169,7 +169,9 @@ public enum Embedding {
       }
       return "\(c.split == "train" ? "train" : "t10k")[\(i)]"
     }
-    func json(_ v: Any) throws -> String { String(decoding: try JSONSerialization.data(withJSONObject: v), as: UTF8.self) }
+    func json(_ v: Any) throws -> String {
+      String(decoding: try JSONSerialization.data(withJSONObject: v, options: [.withoutEscapingSlashes]), as: UTF8.self)
+    }
     var w = SafeTensorsWriter(metadata: [
       "format": "pt", "generator": "milan embed", "source": model.describe, "tokens": c.tokens.rawValue,
       "image_size": String(size), "data": dataDir, "split": c.split, "files": try json(names),

@@ -10,7 +10,9 @@ extension Milan {
         AdamW (0.9, 0.999) with layer-wise lr decay, drop path, RandomResizedCrop(0.08–1) + flip + RandAugment \
         rand-m9-mstd0.5-inc1 + RandomErasing(0.25), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1, mean pooling + \
         fc_norm + a new head; evaluation with Resize(size/0.875) + CenterCrop (IDX digits: resized only). \
-        Writes classifier.safetensors (timm names, global_pool="avg") and finetune.json to the output folder.
+        Writes classifier.safetensors (timm names, global_pool="avg"), finetune-optimizer.safetensors and \
+        finetune-state.json (one unit, at every epoch end and on Ctrl-C), log.jsonl and finetune.json to the \
+        output folder.
         """)
 
     @Option(help: "Pretraining output folder (model.safetensors, state.json).") var checkpoint = "runs/milan-fashion"
@@ -28,7 +30,10 @@ extension Milan {
     @Option(help: "Training images (seeded subset).") var trainImages: Int?
     @Option(help: "Test images (seeded subset).") var testImages: Int?
     @Option var seed: UInt64 = 0
-    @Flag(help: "Continue from the last completed epoch in the output folder.") var resume = false
+    @Option(help: "Fraction of unreadable images tolerated (skipped and counted) per split; default 0.01.")
+    var maxUnreadable = 0.01
+    @Flag(help: "Continue from the checkpoint in the output folder (written at every epoch end and on Ctrl-C).")
+    var resume = false
 
     func run() throws {
       var c = FinetuneConfig(checkpoint: checkpoint, outputDir: output)
@@ -45,6 +50,7 @@ extension Milan {
       c.trainImages = trainImages
       c.testImages = testImages
       c.seed = seed
+      c.maxUnreadableFraction = maxUnreadable
       StopSignal.install()
       let f = try Finetuner(c, log: say)
       let r = try f.run(resume: resume)
