@@ -10,4 +10,4 @@ TEACHER=$(bash scripts/fetch-teacher.sh)
 swift build -c release --product milan
 .build/release/milan info
 .build/release/milan pretrain --teacher "$TEACHER" --train-images 4000 --output runs/milan-fashion "$@"
-.build/release/milan eval --checkpoint runs/milan-fashion --teacher "$TEACHER" --json runs/milan-fashion/eval.json
+.build/release/milan eval --checkpoint runs/milan-fashion --json runs/milan-fashion/eval.json   # the teacher the run recorded

@@ -156,7 +156,8 @@ public enum TeacherFile {
       do { teacher = try DINOv2ONNX.load(model) } catch { throw TeacherFileError(path, "\(error)") }
       format = .dinov2ONNX
     }
-    let spec = TeacherSpec(format: format, path: path, sha256: try FileDigest.sha256(url),
+    // Recorded as an absolute path, so a run's state.json still names the file from another folder.
+    let spec = TeacherSpec(format: format, path: url.standardizedFileURL.path, sha256: try FileDigest.sha256(url),
                            architecture: teacher.architecture)
     return LoadedTeacher(teacher: teacher, spec: spec)
   }

@@ -92,6 +92,7 @@ public final class Pretrainer: @unchecked Sendable {
     try c.validate()
     var c = c
     self.log = log
+    c.dataDir = URL(fileURLWithPath: c.dataDir).standardizedFileURL.path  // recorded absolute in state.json
     data = try DatasetLoader.open(c.dataDir)
     loader = SafeImageLoader(dataset: data, maxUnreadableFraction: c.maxUnreadableFraction, warn: { [log] in log($0) })
     if let folder = data as? ImageFolder {

@@ -1,8 +1,8 @@
 // `milan step`: one training step of a checkpoint on a given batch, every intermediate written out. The batch file
 // holds `images` [B, 3, H, W] and the masking noise (`exp_noise` [B, L] for semantic-aware sampling, or
 // `uniform_noise` [B, L] for random masking), and optionally the teacher's outputs `target` [B, 1 + L, C] and
-// `importance` [B, L]; without them the teacher is run on the images (the pixel target with random masking needs
-// neither). The objective is the model's own (MILANModel.loss: target, decoder, loss tokens). Output: `loss`,
+// `importance` [B, L]; without them the teacher is run on `teacher_images` [B, 3, S, S] or, without those, on the
+// images resized to the teacher's input size S (the pixel target with random masking needs no teacher). The objective is the model's own (MILANModel.loss: target, decoder, loss tokens). Output: `loss`,
 // `pred`, `latent`, the masking (`ids_shuffle`, `ids_restore`, `ids_keep`, `ids_dump`, `mask`), `target` and
 // `importance` when a teacher was involved, `grad.<key>` for every trainable parameter, and, when an AdamW learning
 // rate is given, `updated.<key>` after one AdamW step (betas 0.9/0.95, eps 1e-8, MAE's weight-decay groups) from
@@ -37,6 +37,9 @@ public struct SingleStepOptions: Sendable {
   /// AdamW moments to continue from (`<key>.exp_avg`, `<key>.exp_avg_sq` and the `step` metadata, as
   /// optimizer.safetensors holds them); nil: zero moments.
   public var optimizerState: URL? = nil
+  /// The teacher's input size (nil: the student's token grid × the teacher's patch). Without `teacher_images` in
+  /// the batch, `images` are resized to it (PyTorch bicubic, as F.interpolate) when it differs from theirs.
+  public var teacherImageSize: Int? = nil
   public init() {}
 }
 
@@ -72,7 +75,17 @@ public enum SingleStep {
         importance = try batch.tensor("importance")
       } else {
         guard let teacher else { throw SingleStepError.noTeacher }
-        let t = Autograd.noGrad { teacher.encode(images) }
+        let size = o.teacherImageSize ?? enc.gridSize * teacher.patchSize
+        let input: Tensor
+        if has("teacher_images") {
+          input = try batch.tensor("teacher_images")
+          guard input.shape == [b, 3, size, size] else {
+            throw SingleStepError.shape("teacher_images are \(input.shape); the teacher expects [\(b), 3, \(size), \(size)]")
+          }
+        } else {
+          input = size == enc.imageSize ? images : Self.resized(images, to: size)
+        }
+        let t = Autograd.noGrad { teacher.encode(input) }
         target = t.features
         importance = t.clsAttention
       }
@@ -122,6 +135,19 @@ public enum SingleStep {
     }
     return StepResult(tensors: out, indices: [("ids_shuffle", m.idsShuffle), ("ids_restore", m.idsRestore),
                                               ("ids_keep", m.idsKeep), ("ids_dump", m.idsDump)])
+  }
+}
+
+extension SingleStep {
+  /// Each image plane [B, C, H, W] resized to size × size (PyTorch bicubic, align_corners False, no antialias).
+  static func resized(_ images: Tensor, to size: Int) -> Tensor {
+    let b = images.shape[0], c = images.shape[1], h = images.shape[2], w = images.shape[3]
+    let out = Tensor(uninitialized: [b, c, size, size])
+    for p in 0..<(b * c) {
+      Kernels.resizeTokenGrid(images.data + p * h * w, dim: 1, inH: h, inW: w, outH: size, outW: size,
+                              antialias: false, into: out.data + p * size * size)
+    }
+    return out
   }
 }
 

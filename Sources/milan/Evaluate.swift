@@ -52,6 +52,9 @@ struct EvaluationOptions: ParsableArguments {
 }
 
 struct ProbeOptions: ParsableArguments {
+  /// The command's probe lr (the library's LinearProbeConfig keeps MAE's 0.1).
+  static let defaultBlr = 16.0
+
   @Option(help: "Linear probe epochs (default 90).") var probeEpochs: Int?
   @Option(help: "Linear probe warmup epochs (default 10).") var probeWarmup: Double?
   @Option(help: "Linear probe batch size (default 256).") var probeBatch: Int?
@@ -63,7 +66,7 @@ struct ProbeOptions: ParsableArguments {
     if let probeEpochs { c.probe.epochs = probeEpochs }
     if let probeWarmup { c.probe.warmupEpochs = probeWarmup }
     if let probeBatch { c.probe.batchSize = probeBatch }
-    if let probeBlr { c.probe.blr = probeBlr }
+    c.probe.blr = probeBlr ?? Self.defaultBlr
     if let k = semanticKeep {
       guard k > 0 && k <= 1 else { throw ValidationError("--semantic-keep must be in (0, 1]") }
       c.semanticKeep = k

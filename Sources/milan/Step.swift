@@ -11,8 +11,8 @@ extension Milan {
       discussion: """
         The batch file holds `images` [B,3,H,W] and the masking noise: `exp_noise` [B,L] (semantic-aware sampling, \
         Exp(1) draws) or `uniform_noise` [B,L] (random masking); optionally the teacher's `target` [B,1+L,C] and \
-        `importance` [B,L] (otherwise the teacher is run on the images: --teacher, or the one the checkpoint folder's \
-        state.json records). The objective is the checkpoint's own (decoder, target, loss tokens). The output holds \
+        `importance` [B,L] (otherwise the teacher is run: --teacher, or the one the checkpoint folder's state.json \
+        records, on `teacher_images` [B,3,S,S] or on the images resized to its input size S). The objective is the checkpoint's own (decoder, target, loss tokens). The output holds \
         loss, pred, latent, target, importance, mask, ids_*, grad.<key> for every trainable parameter and, with \
         --adamw-lr, updated.<key>, exp_avg.<key> and exp_avg_sq.<key> after one AdamW step from zero moments or from \
         --optimizer's. The golden tests drive the same library function.
@@ -60,11 +60,13 @@ extension Milan {
       let hasTeacherOutputs = (try? batchFile.info("target")) != nil && (try? batchFile.info("importance")) != nil
       let needsTeacher = !hasTeacherOutputs && (cfg.target == .features || (try? batchFile.info("exp_noise")) != nil)
       var t: (any Teacher)? = nil
+      var teacherSize: Int? = nil
       if needsTeacher {
         if let teacher {
           t = try TeacherFile.load(teacher).teacher
-        } else if let run {
-          t = try RunTeacher.load(run.config, override: nil, log: say)?.teacher
+        } else if let run, let loaded = try RunTeacher.load(run.config, override: nil, log: say) {
+          t = loaded.teacher
+          teacherSize = RunTeacher.inputSize(loaded.spec, run.config)
         }
       }
       let givenDim = hasTeacherOutputs ? try batchFile.info("target").shape.last : nil
@@ -77,6 +79,7 @@ extension Milan {
       o.adamwLR = adamwLr
       o.gradClip = gradClip
       o.optimizerState = optimizer.map { URL(fileURLWithPath: $0) }
+      o.teacherImageSize = teacherSize
       if let w = run?.config.weightDecay { o.weightDecay = w }
       let result = try SingleStep.run(model: model, batch: batchFile, teacher: t, options: o)
       try result.write(to: URL(fileURLWithPath: output))
