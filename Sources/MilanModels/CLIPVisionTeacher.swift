@@ -208,7 +208,8 @@ public enum CLIPKeys {
       let p = "visual.transformer.resblocks.\(i).attn."
       for kind in ["weight", "bias"] {
         let pieces = ["q", "k", "v"].compactMap { parts["self_attn.\($0)_proj.\(kind)"] }
-        guard pieces.count == 3 else {
+        guard pieces.count == 3, pieces.allSatisfy({ $0.rank >= 1 && $0.shape.dropFirst() == pieces[0].shape.dropFirst() })
+        else {
           throw LoadError(missing: ["vision_model.encoder.layers.\(i).self_attn.{q,k,v}_proj.\(kind)"], unexpected: [],
                           mismatched: [])
         }

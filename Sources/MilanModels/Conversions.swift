@@ -95,7 +95,9 @@ public enum Conversions {
     for (layer, parts) in qkv {
       for kind in ["weight", "bias"] {
         let pieces = ["query", "key", "value"].compactMap { parts["\($0).\(kind)"] }
-        if pieces.count == 3 { out["\(layer).attn.qkv.\(kind)"] = Tensor(stackingRows: pieces) }
+        if pieces.count == 3, pieces.allSatisfy({ $0.rank >= 1 && $0.shape.dropFirst() == pieces[0].shape.dropFirst() }) {
+          out["\(layer).attn.qkv.\(kind)"] = Tensor(stackingRows: pieces)
+        }
       }
     }
     return out

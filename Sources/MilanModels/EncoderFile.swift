@@ -49,7 +49,7 @@ public enum EncoderFile {
       return try file.info(k).shape
     }
     let conv = try shape("patch_embed.proj.weight"), pos = try shape("pos_embed"), fc = try shape("blocks.0.mlp.fc1.weight")
-    guard conv.count == 4, conv[2] == conv[3], pos.count == 3 else {
+    guard conv.count == 4, conv[2] == conv[3], pos.count == 3, fc.count == 2 else {
       throw EncoderFileError(path, "unexpected shapes: patch_embed.proj.weight \(conv), pos_embed \(pos)")
     }
     let width = conv[0], patch = conv[2]

@@ -139,7 +139,7 @@ public enum TeacherFile {
     guard !isDir.boolValue else { throw TeacherFileError(path, "is a folder; give the weights file inside it") }
     let head = try firstBytes(url, 16)
     let (teacher, format): (any Teacher, TeacherSpec.Format)
-    if looksLikeSafeTensors(head) {
+    if SafeTensorsFile.looksLikeSafeTensors(url) {
       (teacher, format) = try fromSafeTensors(url)
     } else if head.starts(with: [0x50, 0x4B]) {
       throw TeacherFileError(path, "is a zip archive (a PyTorch .pt/.pth checkpoint?); convert it to safetensors "
@@ -190,9 +190,6 @@ public enum TeacherFile {
     defer { try? h.close() }
     return [UInt8]((try? h.read(upToCount: n)) ?? Data())
   }
-
-  /// An 8-byte little-endian header length followed by the header's opening brace.
-  static func looksLikeSafeTensors(_ head: [UInt8]) -> Bool { head.count >= 9 && head[8] == UInt8(ascii: "{") }
 
   static func fromSafeTensors(_ url: URL) throws -> (any Teacher, TeacherSpec.Format) {
     let path = url.path
@@ -289,9 +286,9 @@ public enum TeacherFile {
     }
     let conv = try need("visual.conv1.weight"), proj = try need("visual.proj")
     let pos = try need("visual.positional_embedding"), fc = try need("visual.transformer.resblocks.0.mlp.c_fc.weight")
-    guard conv.rank == 4, conv.shape[2] == conv.shape[3], proj.rank == 2, pos.rank == 2 else {
+    guard conv.rank == 4, conv.shape[2] == conv.shape[3], proj.rank == 2, pos.rank == 2, fc.rank == 2 else {
       throw TeacherFileError(path, "unexpected CLIP shapes: conv1 \(conv.shape), proj \(proj.shape), "
-        + "positional_embedding \(pos.shape)")
+        + "positional_embedding \(pos.shape), c_fc \(fc.shape)")
     }
     let width = conv.shape[0], patch = conv.shape[2]
     let grid = try squareGrid(pos.shape[0] - 1, path: path)
@@ -313,8 +310,9 @@ public enum TeacherFile {
       throw TeacherFileError(path, "ViT weights without cls token, position embedding, patch projection or a first "
         + "block MLP")
     }
-    guard conv.rank == 4, conv.shape[2] == conv.shape[3], pos.rank == 3 else {
-      throw TeacherFileError(path, "unexpected shapes: patch projection \(conv.shape), position embedding \(pos.shape)")
+    guard conv.rank == 4, conv.shape[2] == conv.shape[3], pos.rank == 3, cls.rank == 3, fc.rank == 2 else {
+      throw TeacherFileError(path, "unexpected shapes: patch projection \(conv.shape), position embedding \(pos.shape), "
+        + "cls token \(cls.shape), fc1 \(fc.shape)")
     }
     let width = cls.lastDim, patch = conv.shape[2]
     let grid = try squareGrid(pos.shape[1] - 1, path: path)

@@ -37,7 +37,8 @@ extension Milan {
       let url = URL(fileURLWithPath: input)
       var tensors: [String: Tensor]
       var kind: CheckpointKind
-      if url.pathExtension.lowercased() == "onnx" {
+      // By content (an ONNX protobuf); a broken file named .safetensors gets the safetensors reader's error.
+      if !SafeTensorsFile.looksLikeSafeTensors(url) && url.pathExtension.lowercased() != "safetensors" {
         let teacher = try DINOv2ONNX.load(url)
         tensors = Dictionary(uniqueKeysWithValues: teacher.stateDict())
         kind = .huggingFaceDINOv2

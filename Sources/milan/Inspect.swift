@@ -11,7 +11,11 @@ extension Milan {
     var file: String
 
     func run() throws {
-      if file.lowercased().hasSuffix(".onnx") { return try inspectONNX() }
+      let url = URL(fileURLWithPath: file)
+      // By content; a broken file named .safetensors gets the safetensors reader's error.
+      if !SafeTensorsFile.looksLikeSafeTensors(url) && url.pathExtension.lowercased() != "safetensors" {
+        return try inspectONNX()
+      }
       let f = try SafeTensorsFile(contentsOf: URL(fileURLWithPath: file))
       var total = 0
       let width = min(72, f.tensors.map(\.name.count).max() ?? 10)

@@ -5,6 +5,7 @@
 // forward_features, `milan convert --image-size` against timm's resampled position table, and bad input refused
 // before any work with a message naming the option or file.
 import Foundation
+import MilanData
 import MilanIO
 import MilanModels
 import MilanTensor
@@ -221,6 +222,22 @@ func jsonObject(_ url: URL) throws -> [String: Any] {
     #expect(tf.metadata["source"]?.contains("CLIP") == true)
   }
 
+  /// IDX sets embed too: names `t10k[i]`, the set's labels.
+  @Test(.enabled(if: FileManager.default.fileExists(atPath: Real.data), "needs dataset-fashion-mnist"))
+  func embedsAnIDXSplit() throws {
+    let dir = try scratchDir("embed-idx")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let out = dir.appendingPathComponent("f.safetensors")
+    let r = try milan(["embed", "--teacher", Fixtures.url("teachers/dinov2_timm.safetensors").path, "--data-dir", Real.data,
+                       "--split", "test", "--images", "5", "--image-size", "32", "-o", out.path])
+    #expect(r.status == 0, "\(r.text)")
+    let f = try SafeTensorsFile(contentsOf: out)
+    let idx = try DatasetLoader.open(Real.data, split: "test")
+    #expect(try f.info("features").shape == [5, 48])
+    #expect(try f.indices("labels").values == (0..<5).map { idx.label($0) })
+    #expect(f.metadata["files"] == #"["t10k[0]","t10k[1]","t10k[2]","t10k[3]","t10k[4]"]"#)
+  }
+
   @Test func convertResizesThePositionTableAsTimm() throws {
     let dir = try scratchDir("convert")
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -263,6 +280,12 @@ func jsonObject(_ url: URL) throws -> [String: Any] {
     #expect(try pretrain(run, data: data, teacher: clip).status == 0)
     let r = try milan(["pretrain", "-o", run.path, "--resume", "--batch-size", "4"])
     #expect(r.status != 0 && r.stderr.contains("--batch-size cannot change it"), "\(r.text)")
+    // Resuming with another teacher (48-d features where the run has 24-d ones) is refused before any step.
+    let log = try Data(contentsOf: run.appendingPathComponent("log.jsonl"))
+    let other = try milan(["pretrain", "-o", run.path, "--resume", "--epochs", "3", "--teacher",
+                           Fixtures.url("teachers/dinov2_timm.safetensors").path])
+    #expect(other.status != 0 && other.stderr.contains("the run was trained with a CLIP"), "\(other.text)")
+    #expect(try Data(contentsOf: run.appendingPathComponent("log.jsonl")) == log)
     let e = try milan(["eval", "--classifier", "x.safetensors", "--data-dir", data.path, "--pool", "mean", "--k", "5"])
     #expect(e.status != 0 && e.stderr.contains("--pool, --k do not apply"), "\(e.text)")
   }
