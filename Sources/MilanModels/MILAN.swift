@@ -122,6 +122,18 @@ public struct MILANConfig: Codable, Sendable, Equatable {
   }
 }
 
+extension MILANConfig {
+  /// A student by name (`ViTConfig.named`) with its decoder: MILAN's 512 × 8 (16 heads) for the timm sizes, 96 × 2
+  /// (4 heads) for the demo model. The prediction size follows the teacher.
+  public static func preset(_ name: String) -> MILANConfig? {
+    guard let enc = ViTConfig.named(name) else { return nil }
+    if name == ViTConfig.demoName {
+      return MILANConfig(encoder: enc, decoderDim: 96, decoderDepth: 2, decoderHeads: 4)
+    }
+    return MILANConfig(encoder: enc)
+  }
+}
+
 /// A MILAN model configuration that cannot be trained, with the field that says so.
 public struct MILANConfigError: Error, CustomStringConvertible {
   public let message: String
