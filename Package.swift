@@ -49,7 +49,11 @@ let package = Package(
       name: "CMilanCodecs",
       linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
     .target(name: "MilanData", dependencies: ["CZlib", "CMilanCodecs", "MilanTensor"]),
-    .target(name: "MilanTrain", dependencies: ["MilanModels", "MilanData", "MilanNN", "MilanAutograd", "MilanIO", "MilanTensor"]),
+    // Open MPI, loaded at run time (dlopen) only when mpirun started the process: nothing MPI at build time.
+    .target(name: "CMilanMPI", linkerSettings: [.linkedLibrary("dl", .when(platforms: [.linux]))]),
+    .target(
+      name: "MilanTrain",
+      dependencies: ["MilanModels", "MilanData", "MilanNN", "MilanAutograd", "MilanIO", "MilanTensor", "CMilanMPI"]),
     .target(
       name: "CMilanKernels",
       cSettings: [.define("_GNU_SOURCE")],

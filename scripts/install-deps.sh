@@ -2,7 +2,9 @@
 # Installs the system libraries MILAN in Swift links against (Debian/Ubuntu), only if some are missing.
 # Runs as root on a fresh Debian 12 (empty apt lists, no sudo); elsewhere it tells you what to install.
 set -euo pipefail
-PKGS=(libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev pkg-config dataset-fashion-mnist)
+# openmpi-bin + libopenmpi3: mpirun and the library `milan` loads at run time for data parallelism (no -dev:
+# it would pull a Fortran compiler; nothing MPI is needed to build).
+PKGS=(libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev pkg-config dataset-fashion-mnist openmpi-bin libopenmpi3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -714,3 +714,14 @@ void milan_adamw_step(float *w, const float *g, float *m, float *v, long n, floa
 #endif
   for (long i = 0; i < n; i++) s_adamw(w, g, m, v, i, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps);
 }
+
+#if defined(__linux__)
+#include <sched.h>
+int milan_usable_cores(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 0;
+  return CPU_COUNT(&set);
+}
+#else
+int milan_usable_cores(void) { return 0; }
+#endif

@@ -62,7 +62,9 @@ public class Variable: CustomStringConvertible {
 
   /// Back-propagates from this variable. `seed` is dL/dself (default: ones, i.e. L = sum(self)). The graph is freed
   /// afterwards unless `retainGraph`; gradients of intermediate results are dropped, those of leaves kept.
-  public func backward(seed: Tensor? = nil, retainGraph: Bool = false) {
+  /// `leafReady` is called for each leaf that requires gradients as soon as its gradient is final (every node that
+  /// uses it has run), while the walk goes on: a data-parallel run starts reducing those gradients then.
+  public func backward(seed: Tensor? = nil, retainGraph: Bool = false, leafReady: ((Variable) -> Void)? = nil) {
     precondition(requiresGrad, "backward() on a variable that does not require gradients")
     let s = seed ?? Tensor(shape: value.shape, repeating: 1)
     precondition(s.count == value.count, "backward: seed shape \(s.shape) for value \(value.shape)")
@@ -93,6 +95,8 @@ public class Variable: CustomStringConvertible {
     for i in stride(from: pending.count - 1, through: 0, by: -1) {
       guard let v = pending[i] else { continue }
       if !retainGraph { pending[i] = nil }
+      // Topological order puts a leaf before all its consumers, so in this reverse walk every consumer has run.
+      if v.backwardFn == nil, let leafReady { leafReady(v) }
       guard let fn = v.backwardFn, let gv = v.grad else { continue }
       fn(gv)
       if !retainGraph {

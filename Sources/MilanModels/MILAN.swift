@@ -232,8 +232,8 @@ public final class MILANModel: Module {
   /// Encoder on the kept patches (VisionTransformer.forwardFeatures(keep:)): patch_embed + pos (before masking),
   /// gather ids_keep, prepend cls + pos[0], blocks, norm → [B, 1 + K, D] (visible tokens in ids_keep order).
   public func forwardEncoder(_ images: Variable, masking m: MaskingResult, training: Bool = true,
-                             rng: inout SplitMix64) -> Variable {
-    encoder.forwardFeatures(images, keep: m.idsKeep, training: training, rng: &rng)
+                             rng: inout SplitMix64, firstSample: Int = 0) -> Variable {
+    encoder.forwardFeatures(images, keep: m.idsKeep, training: training, rng: &rng, firstSample: firstSample)
   }
 
   /// Decoder → predictions [B, 1 + L, P] for [cls, all L patches in spatial order] with the feature target, or
@@ -273,8 +273,8 @@ extension MILANModel {
   /// The student's predictions for one batch: decoder output for [cls, all L patches] (prompting), [L patches]
   /// (mae), or the kd head on the encoder's [cls, visible] tokens.
   public func predict(_ images: Variable, masking m: MaskingResult, training: Bool = true,
-                      rng: inout SplitMix64) -> Variable {
-    let latent = forwardEncoder(images, masking: m, training: training, rng: &rng)
+                      rng: inout SplitMix64, firstSample: Int = 0) -> Variable {
+    let latent = forwardEncoder(images, masking: m, training: training, rng: &rng, firstSample: firstSample)
     if let kdPred { return kdPred(latent) }
     return forwardDecoder(latent, masking: m, rng: &rng)
   }

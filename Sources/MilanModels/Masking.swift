@@ -19,6 +19,27 @@ public struct MaskingResult: Sendable, Equatable {
 public enum Masking {
   public static func lenKeep(patches l: Int, maskRatio: Double) -> Int { Int(Double(l) * (1 - maskRatio)) }
 
+  /// Exp(1) draws [B, L] for semantic-aware sampling (the draws torch.multinomial makes), row i from the generator
+  /// of (key, firstSample + i): the same for a sample wherever its batch is split.
+  public static func expNoise(rows: Int, patches: Int, key: UInt64, firstSample: Int) -> Tensor {
+    keyedRows(rows, patches, key: key, firstSample: firstSample) { g in -Float.log(max(1 - g.nextUniform(), 1e-12)) }
+  }
+
+  /// U(0, 1) draws [B, L] for random masking, keyed per sample as `expNoise(rows:…)`.
+  public static func uniformNoise(rows: Int, patches: Int, key: UInt64, firstSample: Int) -> Tensor {
+    keyedRows(rows, patches, key: key, firstSample: firstSample) { g in g.nextUniform() }
+  }
+
+  static func keyedRows(_ rows: Int, _ cols: Int, key: UInt64, firstSample: Int,
+                        _ draw: (inout SplitMix64) -> Float) -> Tensor {
+    let t = Tensor(uninitialized: [rows, cols])
+    for r in 0..<rows {
+      var g = SplitMix64.forSample(key: key, sample: firstSample + r)
+      for c in 0..<cols { t.data[r * cols + c] = draw(&g) }
+    }
+    return t
+  }
+
   /// MAE random masking from uniform noise [B, L].
   public static func random(noise: Tensor, maskRatio: Double) -> MaskingResult {
     precondition(noise.rank == 2, "random masking: noise must be [B, L], got \(noise.shape)")

@@ -197,26 +197,36 @@ public final class Block: Module {
     [("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)]
   }
 
-  public func callAsFunction(_ x: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
-    forward(x, training: training, rng: &rng, headMeanProbs: false).0
+  public func callAsFunction(_ x: Variable, training: Bool = false, rng: inout SplitMix64,
+                             firstSample: Int = 0) -> Variable {
+    forward(x, training: training, rng: &rng, headMeanProbs: false, firstSample: firstSample).0
   }
 
   /// The block, and with `headMeanProbs` its attention probabilities averaged over heads [B, L, L].
-  public func forward(_ x: Variable, training: Bool, rng: inout SplitMix64, headMeanProbs: Bool) -> (Variable, Tensor?) {
+  /// `firstSample`: the global position of the batch's first sample (drop-path draws are keyed by it).
+  public func forward(_ x: Variable, training: Bool, rng: inout SplitMix64, headMeanProbs: Bool,
+                      firstSample: Int = 0) -> (Variable, Tensor?) {
     let (a, probs) = attn(norm1(x), headMeanProbs: headMeanProbs)
-    var h = residualAdd(x, DropPath.apply(a, rate: dropPath, training: training, rng: &rng))
-    h = residualAdd(h, DropPath.apply(mlp(norm2(h)), rate: dropPath, training: training, rng: &rng))
+    var h = residualAdd(x, DropPath.apply(a, rate: dropPath, training: training, rng: &rng, firstSample: firstSample))
+    h = residualAdd(h, DropPath.apply(mlp(norm2(h)), rate: dropPath, training: training, rng: &rng,
+                                      firstSample: firstSample))
     return (h, probs)
   }
 }
 
 /// Stochastic depth: during training each sample's branch is dropped with probability `rate` and kept ones are
-/// scaled by 1/(1 − rate) (timm drop_path with scale_by_keep).
+/// scaled by 1/(1 − rate) (timm drop_path with scale_by_keep). One key is drawn from `rng` per call and each sample's
+/// draw comes from (key, its global position `firstSample + i`), so the result does not depend on how a batch is
+/// split across processes.
 public enum DropPath {
-  public static func apply(_ x: Variable, rate: Float, training: Bool, rng: inout SplitMix64) -> Variable {
+  public static func apply(_ x: Variable, rate: Float, training: Bool, rng: inout SplitMix64,
+                           firstSample: Int = 0) -> Variable {
     guard training, rate > 0 else { return x }
-    let keep = 1 - rate
-    let scales = (0..<x.shape[0]).map { _ in rng.nextUniform() < keep ? 1 / keep : 0 }
+    let keep = 1 - rate, key = rng.next()
+    let scales = (0..<x.shape[0]).map { i -> Float in
+      var g = SplitMix64.forSample(key: key, sample: firstSample + i)
+      return g.nextUniform() < keep ? 1 / keep : 0
+    }
     return x.scaledPerSample(scales)
   }
 }
@@ -287,16 +297,17 @@ public final class VisionTransformer: Module {
   }
 
   /// Tokens after the final norm (or, with avg pooling, before fc_norm): img [B, C, H, W] → [B, 1 + N, D].
-  public func forwardFeatures(_ img: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
-    features(img, keep: nil, training: training, rng: &rng, lastAttention: false).0
+  public func forwardFeatures(_ img: Variable, training: Bool = false, rng: inout SplitMix64,
+                              firstSample: Int = 0) -> Variable {
+    features(img, keep: nil, training: training, rng: &rng, lastAttention: false, firstSample: firstSample).0
   }
 
   /// Tokens after the final norm for a subset of patches: `keep` [B, K] patch indices (nil = all), as MILAN's
   /// encoder sees visible patches: patch embedding + position, gather, class token + its position, blocks, norm.
   /// → [B, 1 + K, D].
   public func forwardFeatures(_ img: Variable, keep: IndexTensor?, training: Bool = false,
-                              rng: inout SplitMix64) -> Variable {
-    features(img, keep: keep, training: training, rng: &rng, lastAttention: false).0
+                              rng: inout SplitMix64, firstSample: Int = 0) -> Variable {
+    features(img, keep: keep, training: training, rng: &rng, lastAttention: false, firstSample: firstSample).0
   }
 
   /// Tokens after the final norm [B, 1 + N, D] and the last block's attention from the class token to every patch,
@@ -308,7 +319,7 @@ public final class VisionTransformer: Module {
   }
 
   func features(_ img: Variable, keep: IndexTensor?, training: Bool, rng: inout SplitMix64,
-                lastAttention: Bool) -> (Variable, Tensor?) {
+                lastAttention: Bool, firstSample: Int = 0) -> (Variable, Tensor?) {
     let p = config.patchSize
     precondition(img.shape.count == 4 && img.shape[1] == config.inChannels,
                  "VisionTransformer: expected [B, \(config.inChannels), H, W], got \(img.shape)")
@@ -324,7 +335,7 @@ public final class VisionTransformer: Module {
     var probs: Tensor? = nil
     for (i, b) in blocks.items.enumerated() {
       let last = lastAttention && i == blocks.items.count - 1
-      let (h, pr) = b.forward(x, training: training, rng: &rng, headMeanProbs: last)
+      let (h, pr) = b.forward(x, training: training, rng: &rng, headMeanProbs: last, firstSample: firstSample)
       x = h
       if last { probs = pr }
     }
@@ -344,8 +355,9 @@ public final class VisionTransformer: Module {
   }
 
   /// Logits [B, classes] (or the pooled features when there is no head).
-  public func callAsFunction(_ img: Variable, training: Bool = false, rng: inout SplitMix64) -> Variable {
-    let f = pooled(forwardFeatures(img, training: training, rng: &rng))
+  public func callAsFunction(_ img: Variable, training: Bool = false, rng: inout SplitMix64,
+                             firstSample: Int = 0) -> Variable {
+    let f = pooled(forwardFeatures(img, training: training, rng: &rng, firstSample: firstSample))
     return head.map { $0(f) } ?? f
   }
 }

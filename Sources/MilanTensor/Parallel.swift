@@ -1,14 +1,49 @@
 // Splitting work across the cores ourselves (OpenBLAS runs with one thread inside each split): on the 2-core target
 // machine this is on par with OpenBLAS's own threading for large GEMMs and clearly better for many small ones.
+import CMilanKernels
 import Dispatch
 import Foundation
 
 public enum Parallel {
-  /// Worker count: `MILAN_THREADS` if set, else the active processor count.
-  nonisolated(unsafe) public static var threads: Int = {
-    if let s = ProcessInfo.processInfo.environment["MILAN_THREADS"], let n = Int(s), n > 0 { return n }
-    return max(1, ProcessInfo.processInfo.activeProcessorCount)
-  }()
+  /// Worker count: `MILAN_THREADS` if set, else the cores this process may use divided by the processes of the same
+  /// job on this machine (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE under mpirun; 1 otherwise). At most this many
+  /// threads ever run a split at once.
+  nonisolated(unsafe) public static var threads: Int = defaultThreads()
+
+  public static func defaultThreads() -> Int {
+    let env = ProcessInfo.processInfo.environment
+    if let s = env["MILAN_THREADS"], let n = Int(s), n > 0 { return n }
+    let local = env["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap { Int($0) } ?? 1
+    return max(1, usableCores / max(local, 1))
+  }
+
+  /// Cores in this process's affinity mask (what a cgroup or `taskset` leaves it), else the online count.
+  public static var usableCores: Int {
+    let n = Int(milan_usable_cores())
+    return n > 0 ? n : max(1, ProcessInfo.processInfo.activeProcessorCount)
+  }
+
+  /// Runs `body(part)` for every part in `0..<parts` on at most `threads` threads at once; parts are handed out one
+  /// by one, so a core slowed by another process does less of the work.
+  @usableFromInline
+  static func run(parts: Int, _ body: (Int) -> Void) {
+    let workers = min(threads, parts)
+    if workers <= 1 {
+      for p in 0..<parts { body(p) }
+      return
+    }
+    withoutActuallyEscaping(body) { body in
+      let box = UncheckedBox(body)
+      if workers == parts {
+        DispatchQueue.concurrentPerform(iterations: parts) { box.value($0) }
+        return
+      }
+      let next = PartCounter(parts)
+      DispatchQueue.concurrentPerform(iterations: workers) { _ in
+        while let p = next.take() { box.value(p) }
+      }
+    }
+  }
 
   /// Runs `body(chunkRange)` over `0..<count` split into at most `threads × tasksPerThread` contiguous chunks, each
   /// holding at least `minChunk` items (so small jobs run inline without dispatch overhead). With
@@ -23,12 +58,9 @@ public enum Parallel {
       body(0..<count)
       return
     }
-    withoutActuallyEscaping(body) { body in
-      let box = UncheckedBox(body)
-      DispatchQueue.concurrentPerform(iterations: parts) { p in
-        let lo = count * p / parts, hi = count * (p + 1) / parts
-        if lo < hi { box.value(lo..<hi) }
-      }
+    run(parts: parts) { p in
+      let lo = count * p / parts, hi = count * (p + 1) / parts
+      if lo < hi { body(lo..<hi) }
     }
   }
 
@@ -44,12 +76,9 @@ public enum Parallel {
       body(0, 0..<count)
       return 1
     }
-    withoutActuallyEscaping(body) { body in
-      let box = UncheckedBox(body)
-      DispatchQueue.concurrentPerform(iterations: parts) { p in
-        let lo = count * p / parts, hi = count * (p + 1) / parts
-        if lo < hi { box.value(p, lo..<hi) }
-      }
+    run(parts: parts) { p in
+      let lo = count * p / parts, hi = count * (p + 1) / parts
+      if lo < hi { body(p, lo..<hi) }
     }
     return parts
   }
@@ -58,6 +87,22 @@ public enum Parallel {
   @inlinable
   public static func parts(_ count: Int, minChunk: Int = 1, tasksPerThread: Int = 1) -> Int {
     min(threads * max(tasksPerThread, 1), max(1, count / max(minChunk, 1)))
+  }
+}
+
+/// Hands out part numbers 0..<count once each, to whichever worker asks first.
+@usableFromInline
+final class PartCounter: @unchecked Sendable {
+  let count: Int
+  var next = 0
+  let lock = NSLock()
+  @usableFromInline init(_ count: Int) { self.count = count }
+  @usableFromInline func take() -> Int? {
+    lock.lock()
+    defer { lock.unlock() }
+    guard next < count else { return nil }
+    next += 1
+    return next - 1
   }
 }
 

@@ -12,6 +12,15 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Codable, Equatable {
     return g
   }
 
+  /// A generator for one sample of a batch, keyed by `key` (shared by every process of a data-parallel run, e.g.
+  /// drawn once per step from the run's generator) and the sample's position in the global batch order, so a draw
+  /// does not depend on how the batch is split across processes.
+  public static func forSample(key: UInt64, sample: Int) -> SplitMix64 {
+    var g = SplitMix64(seed: key ^ (UInt64(sample + 1) &* 0xD1B5_4A32_D192_ED03))
+    _ = g.next()
+    return g
+  }
+
   public mutating func next() -> UInt64 {
     state &+= 0x9E37_79B9_7F4A_7C15
     var z = state

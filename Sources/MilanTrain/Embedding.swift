@@ -60,6 +60,8 @@ public enum Embedding {
   struct Model {
     var describe: String
     var imageSize: Int
+    var patchSize: Int
+    var width: Int
     var encode: (Tensor, Bool) -> (features: Tensor, attention: Tensor?)
   }
 
@@ -89,7 +91,7 @@ public enum Embedding {
   }
 
   static func encoderModel(_ e: VisionTransformer, _ describe: String, size: Int) -> Model {
-    Model(describe: describe, imageSize: size) { x, attention in
+    Model(describe: describe, imageSize: size, patchSize: e.config.patchSize, width: e.config.embedDim) { x, attention in
       Autograd.noGrad {
         if attention {
           let (f, a) = e.forwardFeaturesWithAttention(Variable(x))
@@ -102,13 +104,17 @@ public enum Embedding {
   }
 
   static func teacherModel(_ t: LoadedTeacher, size: Int) -> Model {
-    Model(describe: "teacher \(t.spec.summary)", imageSize: size) { x, attention in
+    Model(describe: "teacher \(t.spec.summary)", imageSize: size, patchSize: t.spec.architecture.patchSize,
+          width: t.spec.featureDim) { x, attention in
       let out = Autograd.noGrad { t.teacher.encode(x) }
       return (out.features, attention ? out.clsAttention : nil)
     }
   }
 
-  public static func run(_ c: EmbedConfig, log: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EmbedSummary {
+  /// `group`: under mpirun each process embeds its share of the images; rank 0 gathers them and writes the file.
+  public static func run(_ c: EmbedConfig, group: ProcessGroup = .single,
+                         log sink: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EmbedSummary {
+    let (warn, log) = group.logs(sink)
     let (model, runData) = try Self.model(c, log: log)
     guard let dataDir = c.dataDir ?? runData else {
       throw PretrainError.invalidConfig("embed: give --data-dir (an image folder or an IDX folder)")
@@ -144,13 +150,13 @@ public enum Embedding {
       kept += ids
       pending.removeAll()
     }
-    for i in 0..<n {
+    for i in group.shard(n) {
       if idx != nil {
         pending.append((i, nil))
       } else {
         do { pending.append((i, try data.load(i))) } catch {
           skipped.append(data.describe(i))
-          log("skipping unreadable image \(data.describe(i)): \(error)")
+          warn("skipping unreadable image \(data.describe(i)): \(error)")
           guard Double(skipped.count) <= c.maxUnreadableFraction * Double(n) else {
             throw PretrainError.invalidConfig("embed: \(skipped.count) of \(n) images could not be read (more than "
               + "--max-unreadable \(c.maxUnreadableFraction)); the last: \(data.describe(i))")
@@ -160,7 +166,22 @@ public enum Embedding {
       if pending.count == c.batchSize { flush() }
     }
     flush()
-    let features = Tensor(stackingRows: rows), attention = attentions.isEmpty ? nil : Tensor(stackingRows: attentions)
+    let local = rows.isEmpty ? Tensor(zeros: [0] + pooledShape(c.tokens, model, size: size)) : Tensor(stackingRows: rows)
+    let features = try group.allGatherRows(local, rowShape: Array(local.shape.dropFirst()))
+    var attention: Tensor? = nil
+    if c.attention {
+      let l = (size / model.patchSize) * (size / model.patchSize)
+      let a = attentions.isEmpty ? Tensor(zeros: [0, l]) : Tensor(stackingRows: attentions)
+      attention = try group.allGatherRows(a, rowShape: [l])
+    }
+    let shared = try group.allGather(try JSONEncoder().encode([kept.map(String.init), skipped]))
+      .map { try JSONDecoder().decode([[String]].self, from: $0) }
+    kept = shared.flatMap { $0[0].compactMap { Int($0) } }
+    skipped = shared.flatMap { $0[1] }
+    guard Double(skipped.count) <= c.maxUnreadableFraction * Double(n) else {
+      throw PretrainError.invalidConfig("embed: \(skipped.count) of \(n) images could not be read (more than "
+        + "--max-unreadable \(c.maxUnreadableFraction)); the last: \(skipped.last!)")
+    }
 
     let names = kept.map { i -> String in
       if let folder = data as? ImageFolder {
@@ -181,8 +202,15 @@ public enum Embedding {
     try w.add(name: "labels", indices: IndexTensor(shape: [kept.count], values: kept.map { data.label($0) }))
     try w.add(name: "indices", indices: IndexTensor(shape: [kept.count], values: kept))
     if let attention { try w.add(name: "cls_attention", tensor: attention) }
-    try w.write(to: URL(fileURLWithPath: c.output))
+    if group.rank == 0 { try w.write(to: URL(fileURLWithPath: c.output)) }
+    try group.barrier()
     return EmbedSummary(count: kept.count, shape: features.shape, skipped: skipped, source: model.describe)
+  }
+
+  /// The shape of one row of `features`.
+  static func pooledShape(_ tokens: EmbedConfig.Tokens, _ m: Model, size: Int) -> [Int] {
+    let l = (size / m.patchSize) * (size / m.patchSize)
+    return tokens == .all ? [1 + l, m.width] : [m.width]
   }
 
   /// [B, 1 + L, D] → [B, D] (class token or mean of patches) or unchanged (all tokens).

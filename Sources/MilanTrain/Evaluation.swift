@@ -57,15 +57,19 @@ public struct EvaluationReport: Codable, Sendable {
 }
 
 public enum Evaluation {
-  public static func run(_ c: EvaluationConfig, log: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EvaluationReport {
+  /// `group`: under mpirun every process extracts its share of the features (gathered on every process), then each
+  /// scores the same full feature sets (identical results); only rank 0 logs.
+  public static func run(_ c: EvaluationConfig, group: ProcessGroup = .single,
+                         log sink: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EvaluationReport {
+    let (warn, log) = group.logs(sink)
     let ckpt = URL(fileURLWithPath: c.checkpoint)
     let state = try TrainState.read(ckpt)
     let cfg = state.config
     let dataDir = c.dataDir ?? cfg.dataDir
     let train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction,
-                           warn: log)
+                           warn: warn)
     let test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction,
-                          warn: log)
+                          warn: warn)
     var rng = SplitMix64(seed: c.seed)
     var a = Array(0..<train.dataset.count), b = Array(0..<test.dataset.count)
     a.shuffle(using: &rng)
@@ -82,9 +86,14 @@ public enum Evaluation {
     let teacher = loaded?.teacher, teacherSize = loaded.map { RunTeacher.inputSize($0.spec, cfg) } ?? 0
 
     var rows: [EvaluationRow] = []
+    /// Features of `indices`: this process's share, gathered from every process in order.
+    func gathered(_ images: EvalImages, _ indices: [Int], _ features: (EvalImages, [Int]) throws -> Tensor) throws -> Tensor {
+      let local = try features(images, Array(indices[group.shard(indices.count)]))
+      return try group.allGatherRows(local, rowShape: Array(local.shape.dropFirst()))
+    }
     func evaluate(_ name: String, probe: Bool = true, _ features: (EvalImages, [Int]) throws -> Tensor) throws {
       let t0 = Date()
-      let fb = try features(train, bank), fq = try features(test, queries)
+      let fb = try gathered(train, bank, features), fq = try gathered(test, queries, features)
       var row = EvaluationRow(name: name)
       if c.knn {
         row.knnTop1 = KNN.accuracy(bank: fb, bankLabels: bankLabels, queries: fq, queryLabels: queryLabels,
@@ -126,8 +135,9 @@ public enum Evaluation {
       }
       try evaluate("raw pixels (\(size) px)") { try Features.pixels(images: $0, indices: $1, imageSize: size) }
     }
+    let unreadable = try group.allReduce([Double(train.loader.failureCount + test.loader.failureCount)], .sum)[0]
     return EvaluationReport(dataset: dataDir, trainImages: bank.count, testImages: queries.count, rows: rows,
-                            unreadableImages: train.loader.failureCount + test.loader.failureCount)
+                            unreadableImages: Int(unreadable))
   }
 }
 

@@ -36,7 +36,10 @@ public struct FinetuneConfig: Codable, Sendable {
   /// Unreadable images tolerated, as a fraction of each split, before the run stops.
   public var maxUnreadableFraction = 0.01
   public var seed: UInt64 = 0
-  public var lr: Double { blr * Double(batchSize) / 256 }
+  /// Processes training together (mpirun's ranks; set by the run). `batchSize` is each one's batch.
+  public var processes = 1
+  /// lr = blr × global batch / 256.
+  public var lr: Double { blr * Double(batchSize * processes) / 256 }
   public init(checkpoint: String, outputDir: String) {
     self.checkpoint = checkpoint
     self.outputDir = outputDir
@@ -77,19 +80,25 @@ public final class Finetuner: @unchecked Sendable {
   public let optimizer: AdamW
   let train: EvalImages, test: EvalImages
   let imageSize: Int
+  public let group: ProcessGroup
   let log: @Sendable (String) -> Void
   public private(set) var interrupted = false
   public var shouldStop: () -> Bool = { StopSignal.requested }
 
-  public init(_ c: FinetuneConfig, log: @escaping @Sendable (String) -> Void = { print($0) }) throws {
+  /// `group`: the processes training together (mpirun's ranks): `c.batchSize` is each one's batch; only rank 0 logs.
+  public init(_ c: FinetuneConfig, group: ProcessGroup = .single, log: @escaping @Sendable (String) -> Void = { print($0) }) throws {
     if c.mixup != nil && c.batchSize % 2 != 0 { throw FinetuneError.oddBatch(c.batchSize) }
+    var c = c
+    c.processes = group.size
     config = c
-    self.log = log
+    self.group = group
+    let (warn, lead) = group.logs(log)
+    self.log = lead
     let dir = URL(fileURLWithPath: c.checkpoint)
     let state = try TrainState.read(dir)
     let dataDir = c.dataDir ?? state.config.dataDir
-    train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction, warn: log)
-    test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction, warn: log)
+    train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction, warn: warn)
+    test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction, warn: warn)
     var enc = state.config.model.encoder
     enc.globalPool = .avg
     enc.numClasses = max(train.classes, test.classes)
@@ -107,7 +116,7 @@ public final class Finetuner: @unchecked Sendable {
     optimizer = AdamW(groups: ParamGroup.layerDecayGroups(model.namedParameters(), depth: enc.depth,
                                                           weightDecay: c.weightDecay, layerDecay: c.layerDecay),
                       lr: Float(c.lr), beta1: 0.9, beta2: 0.999)
-    log("finetune: \(model.parameterCount) parameters, \(enc.numClasses) classes, lr \(c.lr), layer decay "
+    self.log("finetune: \(model.parameterCount) parameters, \(enc.numClasses) classes, lr \(c.lr), layer decay "
       + "\(c.layerDecay), drop path \(c.dropPath), \(c.epochs) epochs")
   }
 
@@ -116,15 +125,21 @@ public final class Finetuner: @unchecked Sendable {
     var targets: Tensor
   }
 
-  func trainBatch(_ ids: [Int], epoch: Int, iteration: Int) throws -> Batch {
+  /// The augmented batch of `ids`: each image's crop, RandAugment and erasing from a generator keyed by (seed,
+  /// epoch, iteration) and its global position `firstSample + b`, the same wherever the batch is split. Mixup /
+  /// CutMix draws once per step (the same λ and box on every process) and pairs images within this process's batch,
+  /// as timm's Mixup under DDP does: with Mixup a split run is not the single-process run.
+  func trainBatch(_ ids: [Int], epoch: Int, iteration: Int, firstSample: Int) throws -> Batch {
     let c = config
     var rng = SplitMix64.forStep(seed: c.seed, epoch: epoch, iteration: iteration, stream: 0xD1B5_4A32_D192_ED03)
+    let key = rng.next()
     let size = imageSize
     let x = Tensor(uninitialized: [ids.count, 3, size, size])
     let erase = RandomErasing(probability: c.reprob)
     let ra = RandAugment()
     var labels: [Int] = []
     for (b, i) in ids.enumerated() {
+      var rng = SplitMix64.forSample(key: key, sample: firstSample + b)
       let (used, img) = try train.loader.load(i)
       labels.append(train.dataset.label(used))
       let d = Transforms.drawCrop(height: img.height, width: img.width, scale: c.cropScale[0]...c.cropScale[1],
@@ -143,17 +158,19 @@ public final class Finetuner: @unchecked Sendable {
     return Batch(images: x, targets: Mixup.targets(labels: labels, classes: k, lambda: 1, smoothing: c.smoothing))
   }
 
-  /// Top-1 / top-5 of the current model on `indices` of the test split (evaluation transform).
+  /// Top-1 / top-5 of the current model on `indices` of the test split (evaluation transform); each process scores
+  /// its share and the logits are gathered.
   public func evaluate(_ indices: [Int]) throws -> ClassificationScore {
     let k = model.config.numClasses
-    let logits = Tensor(uninitialized: [indices.count, k])
+    let mine = Array(indices[group.shard(indices.count)])
+    let logits = Tensor(uninitialized: [mine.count, k])
     var rng = SplitMix64(seed: 0)
-    for s in stride(from: 0, to: indices.count, by: 128) {
-      let ids = Array(indices[s..<min(s + 128, indices.count)])
+    for s in stride(from: 0, to: mine.count, by: 128) {
+      let ids = Array(mine[s..<min(s + 128, mine.count)])
       let out = try Autograd.noGrad { model(Variable(try test.batch(ids, size: imageSize)), training: false, rng: &rng) }
       (logits.data + s * k).update(from: out.value.data, count: out.count)
     }
-    return LinearProbe.score(logits: logits, labels: test.labels(indices))
+    return LinearProbe.score(logits: try group.allGatherRows(logits, rowShape: [k]), labels: test.labels(indices))
   }
 
   /// Trains to `config.epochs` on the shared TrainingLoop; with `resume`, continues from the checkpoint in the
@@ -169,9 +186,9 @@ public final class Finetuner: @unchecked Sendable {
     var tpool = Array(0..<test.dataset.count)
     tpool.shuffle(using: &rng)
     let testIdx = Array(tpool.prefix(c.testImages ?? tpool.count))
-    let steps = trainIdx.count / c.batchSize
+    let steps = trainIdx.count / (c.batchSize * group.size)
     guard steps > 0 else {
-      throw TrainingError.tooFewItems(run: "finetune", items: trainIdx.count, batchSize: c.batchSize)
+      throw TrainingError.tooFewItems(run: "finetune", items: trainIdx.count, batchSize: c.batchSize * group.size)
     }
     var best = ClassificationScore(top1: 0, top5: 0, loss: .infinity, count: 0)
     var last = best
@@ -195,12 +212,13 @@ public final class Finetuner: @unchecked Sendable {
       maeLearningRate(epoch: $0, baseLR: c.lr, minLR: c.minLR, warmupEpochs: c.warmupEpochs, epochs: Double(c.epochs))
     }
     let loop = TrainingLoop<Batch>(
-      name: "finetune", optimizer: optimizer, parameters: model.trainableParameters().map(\.1), items: trainIdx,
-      schedule: schedule, output: out,
-      makeBatch: { [self] ids, epoch, it in try trainBatch(ids, epoch: epoch, iteration: it) },
-      objective: { [self] b, rng in
+      name: "finetune", optimizer: optimizer, namedParameters: model.namedParameters(), items: trainIdx,
+      schedule: schedule, output: out, group: group,
+      makeBatch: { [self] ids, epoch, it, first in try trainBatch(ids, epoch: epoch, iteration: it, firstSample: first) },
+      objective: { [self] b, rng, first in
         var dropRNG = SplitMix64(seed: rng.next())
-        return softCrossEntropy(model(Variable(b.images), training: true, rng: &dropRNG), targets: b.targets)
+        return softCrossEntropy(model(Variable(b.images), training: true, rng: &dropRNG, firstSample: first),
+                                targets: b.targets)
       },
       saveCheckpoint: { [self] state in
         // Weights, optimizer and state as one unit (all written before any is renamed; the state last), so a
@@ -233,9 +251,11 @@ public final class Finetuner: @unchecked Sendable {
       return FinetuneResult(epochs: final.epoch, test: last, best: best, trainLoss: trainLoss)
     }
     let result = FinetuneResult(epochs: c.epochs, test: last, best: best, trainLoss: trainLoss)
-    let enc = JSONEncoder()
-    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-    try enc.encode(result).write(to: out.appendingPathComponent("finetune.json"), options: .atomic)
+    if group.rank == 0 {
+      let enc = JSONEncoder()
+      enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+      try enc.encode(result).write(to: out.appendingPathComponent("finetune.json"), options: .atomic)
+    }
     return result
   }
 

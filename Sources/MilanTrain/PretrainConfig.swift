@@ -47,8 +47,11 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
   /// The teacher the run used, recorded when it starts (nil in a configuration written by hand).
   public var teacher: TeacherSpec?
   public var outputDir: String
+  /// Processes training together (mpirun's ranks; set by the run). `batchSize` is each one's batch.
+  public var processes: Int = 1
 
-  public var effectiveBatch: Int { batchSize * accumulation }
+  /// The batch of one optimizer step: per-process batch × accumulation × processes.
+  public var effectiveBatch: Int { batchSize * accumulation * processes }
   public var lr: Double { blr * Double(effectiveBatch) / 256 }
   /// Whether the run needs a teacher: for the feature target, or for semantic-aware masking's attention.
   public var needsTeacher: Bool { model.target == .features || masking == .semantic }
@@ -125,7 +128,7 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
   enum CodingKeys: String, CodingKey {
     case model, imageSize, teacherImageSize, maskRatio, masking, epochs, warmupEpochs, batchSize, accumulation, blr,
          minLR, weightDecay, gradClip, augment, cropScale, cropRatio, trainImages, seed, dataDir,
-         maxUnreadableFraction, teacherPath, teacher, outputDir
+         maxUnreadableFraction, teacherPath, teacher, outputDir, processes
     case maskedLossOnly  // files written before model.lossTokens
   }
 
@@ -171,6 +174,7 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
     try take(.teacherPath, &teacherPath)
     teacher = try c.decodeIfPresent(TeacherSpec.self, forKey: .teacher)
     try take(.outputDir, &outputDir)
+    try take(.processes, &processes)
     if try c.decodeIfPresent(Bool.self, forKey: .maskedLossOnly) == true { model.lossTokens = .masked }
   }
 
@@ -213,13 +217,16 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
     try c.encode(teacherPath, forKey: .teacherPath)
     try c.encodeIfPresent(teacher, forKey: .teacher)
     try c.encode(outputDir, forKey: .outputDir)
+    try c.encode(processes, forKey: .processes)
   }
 
   /// Checks that the numbers make sense together; the message names the field.
   public func validate() throws {
     func bad(_ m: String) -> PretrainError { .invalidConfig(m) }
     guard epochs > 0 else { throw bad("epochs must be positive (got \(epochs))") }
-    guard batchSize > 0, accumulation > 0 else { throw bad("batchSize and accumulation must be positive") }
+    guard batchSize > 0, accumulation > 0, processes > 0 else {
+      throw bad("batchSize, accumulation and processes must be positive")
+    }
     guard maskRatio >= 0 && maskRatio < 1 else { throw bad("maskRatio must be in [0, 1) (got \(maskRatio))") }
     guard blr > 0 else { throw bad("blr must be positive (got \(blr))") }
     guard minLR >= 0 else { throw bad("minLR must not be negative (got \(minLR))") }

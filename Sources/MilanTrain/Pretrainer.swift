@@ -80,6 +80,7 @@ public final class Pretrainer: @unchecked Sendable {
   public let teacher: (any Teacher)?
   public let data: any ImageDataset
   public let loader: SafeImageLoader
+  public let group: ProcessGroup
   let log: @Sendable (String) -> Void
   /// Checked after every iteration; true makes the run save a checkpoint and return (Ctrl-C, SIGTERM, tests).
   public var shouldStop: () -> Bool = { StopSignal.requested }
@@ -87,16 +88,20 @@ public final class Pretrainer: @unchecked Sendable {
   public private(set) var interrupted = false
 
   /// `teacher`: a teacher object to use instead of reading `c.teacherPath` (tests); recorded as in-memory.
-  public init(_ c: PretrainConfig, teacher given: (any Teacher)? = nil,
+  /// `group`: the processes training together (mpirun's ranks): `c.batchSize` is each one's batch; only rank 0 logs.
+  public init(_ c: PretrainConfig, teacher given: (any Teacher)? = nil, group: ProcessGroup = .single,
               log: @escaping @Sendable (String) -> Void = { print($0) }) throws {
-    try c.validate()
     var c = c
-    self.log = log
+    c.processes = group.size
+    try c.validate()
+    self.group = group
+    let (warn, lead) = group.logs(log)
+    self.log = lead
     c.dataDir = URL(fileURLWithPath: c.dataDir).standardizedFileURL.path  // recorded absolute in state.json
     data = try DatasetLoader.open(c.dataDir)
-    loader = SafeImageLoader(dataset: data, maxUnreadableFraction: c.maxUnreadableFraction, warn: { [log] in log($0) })
+    loader = SafeImageLoader(dataset: data, maxUnreadableFraction: c.maxUnreadableFraction, warn: warn)
     if let folder = data as? ImageFolder {
-      log("data: \(folder.count) images in \(folder.classNames.count) classes under \(folder.root.path)"
+      self.log("data: \(folder.count) images in \(folder.classNames.count) classes under \(folder.root.path)"
         + (folder.ignoredFiles.isEmpty ? "" : " (\(folder.ignoredFiles.count) files of other types ignored)"))
     }
     if c.augment == nil { c.augment = !(data is IDXDataset) }
@@ -133,7 +138,7 @@ public final class Pretrainer: @unchecked Sendable {
     model = MILANModel(c.model, seed: c.seed)
     optimizer = AdamW(groups: ParamGroup.weightDecayGroups(model.namedParameters(), weightDecay: c.weightDecay),
                       lr: Float(c.lr), beta1: 0.9, beta2: 0.95)
-    if let s = c.teacher { log("teacher: \(s.summary)") }
+    if let s = c.teacher { self.log("teacher: \(s.summary)") }
   }
 
   /// The seeded subset of training images (dataset indices).
@@ -151,8 +156,17 @@ public final class Pretrainer: @unchecked Sendable {
     return Transforms.batch(try indices.map { try loader.load($0).image }, size: size)
   }
 
-  /// Teacher targets for every training image, computed once (used when there is no augmentation).
-  func teacherTargets(_ teacher: any Teacher, _ indices: [Int]) throws -> TeacherOutput {
+  /// Teacher targets for every training image, computed once (used when there is no augmentation); each process
+  /// computes its share and the shares are gathered.
+  func teacherTargets(_ teacher: any Teacher, _ all: [Int]) throws -> TeacherOutput {
+    let indices = Array(all[group.shard(all.count)])
+    let local = try teacherTargetsLocal(teacher, indices, total: all.count)
+    let l = config.model.encoder.numPatches, c = teacher.featureDim
+    return TeacherOutput(features: try group.allGatherRows(local.features, rowShape: [l + 1, c]),
+                         clsAttention: try group.allGatherRows(local.clsAttention, rowShape: [l]))
+  }
+
+  func teacherTargetsLocal(_ teacher: any Teacher, _ indices: [Int], total: Int) throws -> TeacherOutput {
     let n = indices.count, l = config.model.encoder.numPatches, c = teacher.featureDim
     let feats = Tensor(uninitialized: [n, l + 1, c]), attn = Tensor(uninitialized: [n, l])
     let chunk = 64
@@ -163,29 +177,33 @@ public final class Pretrainer: @unchecked Sendable {
       (feats.data + s * (l + 1) * c).update(from: out.features.data, count: out.features.count)
       (attn.data + s * l).update(from: out.clsAttention.data, count: out.clsAttention.count)
       if s / chunk % 8 == 0 {
-        log(String(format: "teacher targets %d/%d (%.0f img/s)", min(s + chunk, n), n,
-                   Double(min(s + chunk, n)) / Date().timeIntervalSince(t0)))
+        let done = min(s + chunk, n) * group.size
+        log(String(format: "teacher targets %d/%d (%.0f img/s)", min(done, total), total,
+                   Double(done) / Date().timeIntervalSince(t0)))
       }
     }
     return TeacherOutput(features: feats, clsAttention: attn)
   }
 
   /// One batch: the student's images and, for the teacher, either its cached outputs (no augmentation) or its
-  /// input: the same RandomResizedCrop + flip rendered at the teacher's size. Crop draws come from a generator
-  /// seeded by (seed, epoch, iteration), so a resumed run sees the same crops.
+  /// input: the same RandomResizedCrop + flip rendered at the teacher's size. Each image's crop comes from a
+  /// generator keyed by (seed, epoch, iteration) and its position in the global batch, so a resumed run, or a run
+  /// split over another number of processes, sees the same crops.
   struct Batch: @unchecked Sendable {
     var student: Tensor
     var teacherInput: Tensor?
     var cached: TeacherOutput?
   }
 
-  func augmentedBatch(_ ids: [Int], epoch: Int, iteration: Int) throws -> Batch {
+  func augmentedBatch(_ ids: [Int], epoch: Int, iteration: Int, firstSample: Int) throws -> Batch {
     let c = config
-    var rng = SplitMix64.forStep(seed: c.seed, epoch: epoch, iteration: iteration, stream: 0xBF58_476D_1CE4_E5B9)
+    var step = SplitMix64.forStep(seed: c.seed, epoch: epoch, iteration: iteration, stream: 0xBF58_476D_1CE4_E5B9)
+    let key = step.next()
     let images = try ids.map { try loader.load($0).image }
-    let draws = images.map {
-      Transforms.drawCrop(height: $0.height, width: $0.width, scale: c.cropScale[0]...c.cropScale[1],
-                          ratio: c.cropRatio[0]...c.cropRatio[1], rng: &rng)
+    let draws = images.enumerated().map { i, img in
+      var rng = SplitMix64.forSample(key: key, sample: firstSample + i)
+      return Transforms.drawCrop(height: img.height, width: img.width, scale: c.cropScale[0]...c.cropScale[1],
+                                 ratio: c.cropRatio[0]...c.cropRatio[1], rng: &rng)
     }
     return Batch(student: Transforms.batch(images, size: c.imageSize, draws: draws),
                  teacherInput: teacher == nil ? nil : Transforms.batch(images, size: c.teacherImageSize!, draws: draws))
@@ -202,15 +220,17 @@ public final class Pretrainer: @unchecked Sendable {
     return TeacherOutput(features: pick(t.features), clsAttention: pick(t.clsAttention))
   }
 
-  /// The masking of one batch, drawn from the run's generator.
-  func masking(importance: Tensor?, batch b: Int, rng: inout SplitMix64) -> MaskingResult {
-    let l = config.model.encoder.numPatches
+  /// The masking of one batch: one key from the run's generator, each sample's noise keyed by its global position.
+  func masking(importance: Tensor?, batch b: Int, rng: inout SplitMix64, firstSample: Int) -> MaskingResult {
+    let l = config.model.encoder.numPatches, key = rng.next()
     switch config.masking {
     case .semantic:
-      return Masking.semanticAware(importance: importance!, expNoise: Masking.expNoise([b, l], rng: &rng),
+      return Masking.semanticAware(importance: importance!,
+                                   expNoise: Masking.expNoise(rows: b, patches: l, key: key, firstSample: firstSample),
                                    maskRatio: config.maskRatio)
     case .random:
-      return Masking.random(noise: Tensor.uniform([b, l], rng: &rng), maskRatio: config.maskRatio)
+      return Masking.random(noise: Masking.uniformNoise(rows: b, patches: l, key: key, firstSample: firstSample),
+                            maskRatio: config.maskRatio)
     }
   }
 
@@ -221,8 +241,9 @@ public final class Pretrainer: @unchecked Sendable {
     let c = config
     let out = URL(fileURLWithPath: c.outputDir)
     let indices = trainingIndices()
-    guard indices.count >= c.batchSize else {
-      throw PretrainError.invalidConfig("batchSize \(c.batchSize) is larger than the \(indices.count) training images")
+    guard indices.count >= c.batchSize * c.processes else {
+      throw PretrainError.invalidConfig("batchSize \(c.batchSize) × \(c.processes) process(es) is larger than the "
+        + "\(indices.count) training images")
     }
     let cached: TeacherOutput? = c.augment == true ? nil : try teacher.map { try teacherTargets($0, indices) }
     let schedule = LoopSchedule(epochs: c.epochs, batchSize: c.batchSize, accumulation: c.accumulation) {
@@ -231,20 +252,20 @@ public final class Pretrainer: @unchecked Sendable {
     let augment = c.augment == true
     // Items are positions in `indices` (the cached targets' rows).
     let loop = TrainingLoop<Batch>(
-      name: "pretrain", optimizer: optimizer, parameters: model.trainableParameters().map(\.1),
-      items: Array(0..<indices.count), schedule: schedule, output: out,
-      makeBatch: { [self] positions, epoch, it in
+      name: "pretrain", optimizer: optimizer, namedParameters: model.namedParameters(),
+      items: Array(0..<indices.count), schedule: schedule, output: out, group: group,
+      makeBatch: { [self] positions, epoch, it, first in
         let ids = positions.map { indices[$0] }
-        if augment { return try augmentedBatch(ids, epoch: epoch, iteration: it) }
+        if augment { return try augmentedBatch(ids, epoch: epoch, iteration: it, firstSample: first) }
         return Batch(student: try plainBatch(ids, size: c.imageSize), teacherInput: nil,
                      cached: cached.map { Self.rows($0, positions) })
       },
-      objective: { [self] batch, rng in
+      objective: { [self] batch, rng, first in
         let t = batch.cached ?? batch.teacherInput.map { input in Autograd.noGrad { teacher!.encode(input) } }
         let b = batch.student.shape[0]
-        let m = masking(importance: t?.clsAttention, batch: b, rng: &rng)
+        let m = masking(importance: t?.clsAttention, batch: b, rng: &rng, firstSample: first)
         var dropRNG = SplitMix64(seed: rng.next())
-        let pred = model.predict(Variable(batch.student), masking: m, rng: &dropRNG)
+        let pred = model.predict(Variable(batch.student), masking: m, rng: &dropRNG, firstSample: first)
         return try model.loss(pred, images: batch.student, teacher: t?.features, masking: m)
       },
       saveCheckpoint: { [self] state in

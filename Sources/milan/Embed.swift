@@ -32,6 +32,7 @@ extension Milan {
     @Option(help: "Batch size.") var batchSize = 64
     @Option(help: "Fraction of unreadable images tolerated (skipped, listed in the metadata).") var maxUnreadable = 0.01
     @Option(name: .shortAndLong, help: "Output .safetensors file.") var output: String
+    @OptionGroup var runtime: RuntimeOptions
 
     enum From: String, ExpressibleByArgument, CaseIterable { case encoder, teacher }
 
@@ -59,7 +60,7 @@ extension Milan {
       c.imageSize = imageSize
       c.batchSize = batchSize
       c.maxUnreadableFraction = maxUnreadable
-      let s = try Embedding.run(c, log: say)
+      let s = try Embedding.run(c, group: try runtime.start(), log: say)
       say("\(s.count) images → \(output): features \(s.shape)\(attention ? " + cls_attention" : ""), labels, indices"
         + (s.skipped.isEmpty ? "" : "; \(s.skipped.count) unreadable skipped"))
     }

@@ -18,6 +18,7 @@ struct EvaluationOptions: ParsableArguments {
   @Flag(help: "Skip the random-encoder, teacher and raw-pixel baselines.") var noBaselines = false
   @Option(help: "Fraction of unreadable images tolerated (skipped and counted) per split; default 0.01.")
   var maxUnreadable: Double?
+  @OptionGroup var runtime: RuntimeOptions
 
   func config() throws -> EvaluationConfig {
     var c = EvaluationConfig(checkpoint: checkpoint ?? "runs/milan-fashion")
@@ -42,7 +43,7 @@ struct EvaluationOptions: ParsableArguments {
     say("")
     say(r.table)
     if r.unreadableImages > 0 { say("\(r.unreadableImages) unreadable image(s) were skipped") }
-    if let json {
+    if let json, ProcessGroup.ifCreated?.rank ?? 0 == 0 {
       let enc = JSONEncoder()
       enc.outputFormatting = [.prettyPrinted, .sortedKeys]
       try enc.encode(r).write(to: URL(fileURLWithPath: json), options: .atomic)
@@ -123,10 +124,11 @@ extension Milan {
         }
         return
       }
+      let group = try options.runtime.start()
       var c = try options.config()
       try probe.apply(&c)
       knn.apply(&c)
-      try options.finish(try Evaluation.run(c, log: say))
+      try options.finish(try Evaluation.run(c, group: group, log: say))
     }
   }
 
@@ -137,10 +139,11 @@ extension Milan {
     @OptionGroup var knn: KNNOptions
 
     func run() throws {
+      let group = try options.runtime.start()
       var c = try options.config()
       c.linearProbe = false
       knn.apply(&c)
-      try options.finish(try Evaluation.run(c, log: say))
+      try options.finish(try Evaluation.run(c, group: group, log: say))
     }
   }
 
@@ -151,10 +154,11 @@ extension Milan {
     @OptionGroup var probe: ProbeOptions
 
     func run() throws {
+      let group = try options.runtime.start()
       var c = try options.config()
       c.knn = false
       try probe.apply(&c)
-      try options.finish(try Evaluation.run(c, log: say))
+      try options.finish(try Evaluation.run(c, group: group, log: say))
     }
   }
 }

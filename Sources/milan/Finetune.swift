@@ -34,8 +34,10 @@ extension Milan {
     var maxUnreadable = 0.01
     @Flag(help: "Continue from the checkpoint in the output folder (written at every epoch end and on Ctrl-C).")
     var resume = false
+    @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
+      let group = try runtime.start()
       var c = FinetuneConfig(checkpoint: checkpoint, outputDir: output)
       c.dataDir = dataDir
       c.epochs = epochs
@@ -52,7 +54,7 @@ extension Milan {
       c.seed = seed
       c.maxUnreadableFraction = maxUnreadable
       StopSignal.install()
-      let f = try Finetuner(c, log: say)
+      let f = try Finetuner(c, group: group, log: say)
       let r = try f.run(resume: resume)
       if f.interrupted { return }
       say(String(format: "finetuned: test top-1 %.2f %%, top-5 %.2f %% (best top-1 %.2f %%); %@/classifier.safetensors",

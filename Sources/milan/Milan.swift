@@ -1,5 +1,10 @@
 // The `milan` command line. Thin: each subcommand parses options, builds a configuration and calls the library.
+// Under mpirun (Open MPI) the training and feature-extraction commands run data-parallel: every rank runs the same
+// command; a rank that fails aborts the job (the others may be waiting for it in a collective).
 import ArgumentParser
+import Foundation
+import MilanTensor
+import MilanTrain
 
 @main
 struct Milan: ParsableCommand {
@@ -7,5 +12,47 @@ struct Milan: ParsableCommand {
     commandName: "milan",
     abstract: "MILAN in Swift: masked image pretraining on language-assisted representations.",
     version: "0.1.0",
-    subcommands: [Info.self, Inspect.self, Convert.self, Pretrain.self, Step.self, Eval.self, Knn.self, Linprobe.self, Finetune.self, Embed.self])
+    subcommands: [Info.self, Inspect.self, Convert.self, Pretrain.self, Step.self, Eval.self, Knn.self, Linprobe.self,
+                  Finetune.self, Embed.self])
+
+  static func main() {
+    do {
+      var command = try parseAsRoot()
+      try command.run()
+      ProcessGroup.ifCreated?.finalize()
+    } catch {
+      if let g = ProcessGroup.ifCreated, g.usesMPI, g.size > 1, !(error is CleanExit) {
+        let message = fullMessage(for: error)
+        FileHandle.standardError.write(Data("rank \(g.rank): \(message)\n".utf8))
+        g.abort(exitCode(for: error).rawValue == 0 ? 1 : exitCode(for: error).rawValue)
+      }
+      exit(withError: error)
+    }
+  }
+}
+
+/// Options of the commands that compute (and may run under mpirun).
+struct RuntimeOptions: ParsableArguments {
+  @Option(help: "Worker threads of this process (default: the cores it may use, split evenly among the processes mpirun started on this machine; MILAN_THREADS also sets it).")
+  var threads: Int?
+
+  /// Applies --threads and joins the run's processes (MPI under mpirun; one process otherwise).
+  func start() throws -> ProcessGroup {
+    if let threads {
+      guard threads > 0 else { throw ValidationError("--threads must be positive") }
+      Parallel.threads = threads
+    }
+    let g = try ProcessGroup.current()
+    if g.size > 1 && g.rank == 0 {
+      say("data-parallel: \(g.size) processes (Open MPI), \(Parallel.threads) thread(s) each")
+    }
+    return g
+  }
+}
+
+/// Writes a line to standard output unbuffered, so progress appears as it happens even when piped to a file. Under
+/// mpirun only rank 0 speaks.
+func say(_ line: String) {
+  if let g = ProcessGroup.ifCreated, g.rank != 0 { return }
+  FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

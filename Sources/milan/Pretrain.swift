@@ -61,10 +61,12 @@ extension Milan {
     var maxUnreadable: Double?
     @Flag(help: "Print the resolved configuration as JSON and exit (a starting point for --config).")
     var printConfig = false
-    @Flag(help: "Continue from the checkpoint in the output folder (its configuration; --epochs, --data-dir, --teacher and --max-unreadable may be given).")
+    @Flag(help: "Continue from the checkpoint in the output folder (its configuration; --epochs, --data-dir, --teacher and --max-unreadable may be given, and --batch-size when the number of processes changes).")
     var resume = false
+    @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
+      let group = try runtime.start()
       var c: PretrainConfig
       var start: TrainState? = nil
       if resume {
@@ -74,7 +76,7 @@ extension Milan {
           ("--config", config != nil), ("--model", model != nil), ("--patch-size", patchSize != nil),
           ("--image-size", imageSize != nil), ("--teacher-image-size", teacherImageSize != nil),
           ("--warmup-epochs", warmupEpochs != nil), ("--train-images", trainImages != nil),
-          ("--batch-size", batchSize != nil), ("--accumulation", accumulation != nil), ("--blr", blr != nil),
+          ("--accumulation", accumulation != nil), ("--blr", blr != nil),
           ("--weight-decay", weightDecay != nil), ("--masking", masking != nil), ("--mask-ratio", maskRatio != nil),
           ("--seed", seed != nil), ("--grad-clip", gradClip != nil), ("--decoder", decoder != nil),
           ("--target", target != nil), ("--loss-tokens", lossTokens != nil || maskedLossOnly),
@@ -88,6 +90,20 @@ extension Milan {
         }
         c = state.config
         c.outputDir = dir.path
+        // Another number of processes keeps the global batch (and with it the schedule and the per-sample draws).
+        let global = c.batchSize * c.processes
+        if group.size != c.processes {
+          let per = batchSize ?? global / group.size
+          guard per * group.size == global else {
+            throw ValidationError("--resume: the run's global batch is \(global) (\(c.batchSize) × \(c.processes) "
+              + "process(es)); on \(group.size) processes give --batch-size \(global) / \(group.size) (it must divide)")
+          }
+          say("resuming on \(group.size) process(es) instead of \(c.processes): \(per) images each, global batch \(global)")
+          c.batchSize = per
+        } else if let batchSize, batchSize != c.batchSize {
+          throw ValidationError("--resume continues the run in \(dir.path) with its own configuration; --batch-size "
+            + "cannot change it on the same number of processes")
+        }
         if let epochs { c.epochs = epochs }
         if let dataDir { c.dataDir = dataDir }
         if let teacher { c.teacherPath = teacher }
@@ -101,7 +117,7 @@ extension Milan {
         return
       }
       do { try c.validate() } catch { throw ValidationError(String(describing: error)) }
-      let trainer = try Pretrainer(c, log: say)
+      let trainer = try Pretrainer(c, group: group, log: say)
       let rc = trainer.config
       say("MILAN pretraining: \(trainer.model.parameterCount) student parameters (\(rc.model.decoder.rawValue) "
         + "decoder, \(rc.model.target.rawValue) target, loss on \(rc.model.lossTokens.rawValue) tokens, "
@@ -191,7 +207,3 @@ func choice<T: RawRepresentable & CaseIterable>(_ value: String, _ option: Strin
   return v
 }
 
-/// Writes a line to standard output unbuffered, so progress appears as it happens even when piped to a file.
-func say(_ line: String) {
-  FileHandle.standardOutput.write(Data((line + "\n").utf8))
-}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MilanIO
 import MilanModels
+import MilanTensor
 import MilanTrain
 
 extension Milan {
@@ -31,8 +32,14 @@ extension Milan {
     @Option(help: "AdamW moments to continue from (an optimizer.safetensors: <key>.exp_avg, <key>.exp_avg_sq, step).")
     var optimizer: String?
     @Option(help: "clip_grad_norm_ before the AdamW step.") var gradClip: Float?
+    @Option(help: "Worker threads (default: the cores this process may use; MILAN_THREADS also sets it).")
+    var threads: Int?
 
     func run() throws {
+      if let threads {
+        guard threads > 0 else { throw ValidationError("--threads must be positive") }
+        Parallel.threads = threads
+      }
       var url = URL(fileURLWithPath: checkpoint)
       var isDir: ObjCBool = false
       var run: TrainState? = nil

@@ -17,6 +17,8 @@ extern "C" {
 int milan_simd_level(void);
 /// Forces a level (clamped to what the CPU supports). Returns the level now in force.
 int milan_set_simd_level(int level);
+/// Cores in this process's affinity mask (sched_getaffinity), 0 when it cannot be read.
+int milan_usable_cores(void);
 
 // y = f(x); dx += dy * f'(x) (or dx = dy * f'(x) when accumulate == 0). In-place (y == x) is allowed for the forwards.
 void milan_gelu_erf_fwd(const float *x, float *y, long n);
