@@ -43,8 +43,17 @@ struct RuntimeOptions: ParsableArguments {
       Parallel.threads = threads
     }
     let g = try ProcessGroup.current()
-    if g.size > 1 && g.rank == 0 {
-      say("data-parallel: \(g.size) processes (Open MPI), \(Parallel.threads) thread(s) each")
+    if g.size > 1 {
+      var host = [CChar](repeating: 0, count: 256)
+      gethostname(&host, host.count)
+      let names = try g.allGather(Data(String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) },
+                                                 as: UTF8.self).utf8)).map { String(decoding: $0, as: UTF8.self) }
+      var perHost: [(String, Int)] = []
+      for n in names {
+        if let i = perHost.firstIndex(where: { $0.0 == n }) { perHost[i].1 += 1 } else { perHost.append((n, 1)) }
+      }
+      say("data-parallel: \(g.size) processes (Open MPI) on " + perHost.map { "\($0.0) (\($0.1))" }.joined(separator: ", ")
+        + ", \(Parallel.threads) thread(s) each")
     }
     return g
   }

@@ -20,11 +20,19 @@ enum MPI {
   static let flags = ["--allow-run-as-root", "--oversubscribe", "--mca", "btl_vader_single_copy_mechanism", "none"]
 }
 
-/// Runs `mpirun -np N milan args…`.
+/// Runs `mpirun -np N milan args…`, or, with MILAN_TEST_MPIRUN set (scripts/multihost-netns.sh sets it to an
+/// mpirun across two network-namespace hosts), that launcher instead of the local mpirun.
 func mpiMilan(_ n: Int, _ args: [String], environment: [String: String] = [:]) throws -> CommandResult {
   let exe = try milanExecutable().path
-  let line = ([MPI.mpirun!] + MPI.flags + ["-np", String(n), exe] + args).map { "'\($0)'" }.joined(separator: " ")
-  return try milan([], environment: environment, shell: line)
+  let quoted = (["-np", String(n), exe] + args).map { "'\($0)'" }.joined(separator: " ")
+  let launcher = ProcessInfo.processInfo.environment["MILAN_TEST_MPIRUN"]
+    ?? ([MPI.mpirun!] + MPI.flags).map { "'\($0)'" }.joined(separator: " ")
+  let r = try milan([], environment: environment, shell: launcher + " " + quoted)
+  if ProcessInfo.processInfo.environment["MILAN_TEST_MPIRUN"] != nil {
+    let line = r.stdout.split(separator: "\n").first { $0.hasPrefix("data-parallel:") } ?? "no data-parallel line"
+    print("ok  launched by MILAN_TEST_MPIRUN: \(line)")
+  }
+  return r
 }
 
 /// The PIDs of the ranks (`milan` processes whose command line starts with the executable) training into `out`,
