@@ -36,6 +36,7 @@ let package = Package(
     .library(name: "MilanTrain", targets: ["MilanTrain"]),
     .executable(name: "milan", targets: ["milan"]),
     .executable(name: "milan-bench", targets: ["milan-bench"]),
+    .executable(name: "milan-scaling", targets: ["milan-scaling"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -84,6 +85,14 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "bench/Sources/milan-bench"),
+    // Data-parallel measurements behind docs/scaling.md (all-reduce bandwidth, steps on 1 process vs mpirun).
+    .executableTarget(
+      name: "milan-scaling",
+      dependencies: [
+        "MilanTensor", "MilanAutograd", "MilanModels", "MilanNN", "MilanTrain",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ],
+      path: "bench/Sources/milan-scaling"),
     // Comparison helpers and fixture paths shared by the test targets (not a product).
     .target(name: "MilanTestSupport", dependencies: ["MilanTensor"]),
     .testTarget(
