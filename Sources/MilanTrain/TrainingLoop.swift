@@ -116,6 +116,11 @@ public enum StopSignal {
     signal(SIGINT) { _ in StopSignal.flag = 1 }
     signal(SIGTERM) { _ in StopSignal.flag = 1 }
     signal(SIGUSR1) { _ in StopSignal.flag = 1 }
+    // A process started by another program may inherit these signals blocked; the handlers are useless then.
+    var set = sigset_t()
+    sigemptyset(&set)
+    for s in [SIGINT, SIGTERM, SIGUSR1] { sigaddset(&set, s) }
+    pthread_sigmask(SIG_UNBLOCK, &set, nil)
   }
 }
 

@@ -206,8 +206,9 @@ struct DataParallelTests {
     #expect(try SafeTensorsFile(contentsOf: e2).indices("indices").values == Array(0..<9))
   }
 
-  /// SIGTERM to one rank: every rank stops at the same step, rank 0 writes one checkpoint, the job exits 0; resuming
-  /// on 2 ranks gives the uninterrupted 2-rank run bit for bit, and 1 process can resume it too (same global batch).
+  /// SIGTERM to one rank, or SIGUSR1 to mpirun: every rank stops at the same step, rank 0 writes one checkpoint, the
+  /// job exits 0; resuming on 2 ranks gives the uninterrupted 2-rank run bit for bit, and 1 process can resume it
+  /// too (same global batch).
   @Test(.enabled(if: FileManager.default.fileExists(atPath: Real.data), "needs dataset-fashion-mnist"))
   func aSignalToOneRankCheckpointsEveryRankAndResumes() throws {
     let dir = try scratchDir("dp-stop")
@@ -238,6 +239,27 @@ struct DataParallelTests {
     #expect(p.terminationStatus == 0 && out.contains("interrupted: checkpoint written"), "\(out)")
     let state = try TrainState.read(cut)
     #expect(state.iteration > 0 && state.epoch < 2, "stopped at epoch \(state.epoch) iteration \(state.iteration)")
+
+    // SIGUSR1 to mpirun (the way to stop a job from its terminal: mpirun forwards it to every rank) does the same.
+    let viaLauncher = dir.appendingPathComponent("usr1")
+    let line2 = ([MPI.mpirun!] + MPI.flags + ["-np", "2", exe] + args(viaLauncher)).map { "'\($0)'" }
+      .joined(separator: " ")
+    let q = Process()
+    q.executableURL = URL(fileURLWithPath: "/bin/sh")
+    // A process started from the test runner may inherit a blocked SIGUSR1; the launcher starts with it unblocked,
+    // as from a terminal.
+    q.arguments = ["-c", "exec perl -MPOSIX -e 'sigprocmask(SIG_UNBLOCK, POSIX::SigSet->new(SIGUSR1, SIGTERM, SIGINT)); "
+      + "exec @ARGV' " + line2 + " > '\(dir.path)/usr1.out' 2>&1"]
+    try q.run()
+    let log2 = viaLauncher.appendingPathComponent("log.jsonl")
+    while Date() < deadline.addingTimeInterval(60), ((try? Data(contentsOf: log2))?.count ?? 0) < 2000 { usleep(20_000) }
+    let blocked = (try? String(contentsOfFile: "/proc/\(q.processIdentifier)/status", encoding: .utf8))?
+      .split(separator: "\n").first { $0.hasPrefix("SigBlk") } ?? "?"
+    kill(q.processIdentifier, SIGUSR1)  // `exec` made the shell mpirun itself
+    q.waitUntilExit()
+    let out2 = try String(contentsOf: dir.appendingPathComponent("usr1.out"), encoding: .utf8)
+    #expect(q.terminationStatus == 0 && out2.contains("interrupted: checkpoint written"), "mpirun \(blocked): \(out2)")
+    #expect(try TrainState.read(viaLauncher).iteration > 0)
 
     // Resume on another number of processes in a copy, on the same number in place.
     let other = dir.appendingPathComponent("other")
