@@ -41,6 +41,22 @@ func rankPIDs(_ exe: String, _ out: URL) throws -> [Substring] {
   try milan([], shell: "pgrep -f -- '^\(exe) pretrain .*-o \(out.path)' | sort -n").stdout.split(separator: "\n")
 }
 
+/// A 2-rank `milan` job started in the background (output to `log`), once its run folder's log.jsonl has grown
+/// past `bytes` (training has begun). The launcher starts with SIGINT/SIGTERM/SIGUSR1 unblocked, as from a
+/// terminal (the test runner's children inherit them blocked), and is mpirun itself (`exec`).
+func backgroundJob(_ args: [String], run: URL, log: URL, bytes: Int = 2000) throws -> Process {
+  let exe = try milanExecutable().path
+  let line = ([MPI.mpirun!] + MPI.flags + ["-np", "2", exe] + args).map { "'\($0)'" }.joined(separator: " ")
+  let p = Process()
+  p.executableURL = URL(fileURLWithPath: "/bin/sh")
+  p.arguments = ["-c", "exec perl -MPOSIX -e 'sigprocmask(SIG_UNBLOCK, POSIX::SigSet->new(SIGUSR1, SIGTERM, SIGINT)); "
+    + "exec @ARGV' " + line + " > '\(log.path)' 2>&1"]
+  try p.run()
+  let logURL = run.appendingPathComponent("log.jsonl"), deadline = Date().addingTimeInterval(60)
+  while Date() < deadline, ((try? Data(contentsOf: logURL))?.count ?? 0) < bytes { usleep(20_000) }
+  return p
+}
+
 /// Largest |a − b| over every float tensor of two safetensors files, relative to each tensor's largest |a|.
 struct FileComparison {
   var maxRelative = 0.0
@@ -223,14 +239,7 @@ struct DataParallelTests {
 
     // The interrupted run, in the background; SIGTERM to rank 1 once training has begun.
     let exe = try milanExecutable().path
-    let line = ([MPI.mpirun!] + MPI.flags + ["-np", "2", exe] + args(cut)).map { "'\($0)'" }.joined(separator: " ")
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/sh")
-    p.arguments = ["-c", line + " > '\(dir.path)/cut.out' 2>&1"]
-    try p.run()
-    let logURL = cut.appendingPathComponent("log.jsonl")
-    let deadline = Date().addingTimeInterval(60)
-    while Date() < deadline, ((try? Data(contentsOf: logURL))?.count ?? 0) < 2000 { usleep(20_000) }
+    let p = try backgroundJob(args(cut), run: cut, log: dir.appendingPathComponent("cut.out"))
     let pids = try rankPIDs(exe, cut)
     try #require(pids.count >= 2, "ranks not found: \(pids)")
     _ = try milan([], shell: "kill -TERM \(pids.last!)")
@@ -242,23 +251,11 @@ struct DataParallelTests {
 
     // SIGUSR1 to mpirun (the way to stop a job from its terminal: mpirun forwards it to every rank) does the same.
     let viaLauncher = dir.appendingPathComponent("usr1")
-    let line2 = ([MPI.mpirun!] + MPI.flags + ["-np", "2", exe] + args(viaLauncher)).map { "'\($0)'" }
-      .joined(separator: " ")
-    let q = Process()
-    q.executableURL = URL(fileURLWithPath: "/bin/sh")
-    // A process started from the test runner may inherit a blocked SIGUSR1; the launcher starts with it unblocked,
-    // as from a terminal.
-    q.arguments = ["-c", "exec perl -MPOSIX -e 'sigprocmask(SIG_UNBLOCK, POSIX::SigSet->new(SIGUSR1, SIGTERM, SIGINT)); "
-      + "exec @ARGV' " + line2 + " > '\(dir.path)/usr1.out' 2>&1"]
-    try q.run()
-    let log2 = viaLauncher.appendingPathComponent("log.jsonl")
-    while Date() < deadline.addingTimeInterval(60), ((try? Data(contentsOf: log2))?.count ?? 0) < 2000 { usleep(20_000) }
-    let blocked = (try? String(contentsOfFile: "/proc/\(q.processIdentifier)/status", encoding: .utf8))?
-      .split(separator: "\n").first { $0.hasPrefix("SigBlk") } ?? "?"
-    kill(q.processIdentifier, SIGUSR1)  // `exec` made the shell mpirun itself
+    let q = try backgroundJob(args(viaLauncher), run: viaLauncher, log: dir.appendingPathComponent("usr1.out"))
+    kill(q.processIdentifier, SIGUSR1)
     q.waitUntilExit()
     let out2 = try String(contentsOf: dir.appendingPathComponent("usr1.out"), encoding: .utf8)
-    #expect(q.terminationStatus == 0 && out2.contains("interrupted: checkpoint written"), "mpirun \(blocked): \(out2)")
+    #expect(q.terminationStatus == 0 && out2.contains("interrupted: checkpoint written"), "\(out2)")
     #expect(try TrainState.read(viaLauncher).iteration > 0)
 
     // Resume on another number of processes in a copy, on the same number in place.
@@ -285,14 +282,7 @@ struct DataParallelTests {
     let exe = try milanExecutable().path
     let args = ["pretrain", "--data-dir", Real.data, "--train-images", "4000", "--model", "vit_demo_patch4_32",
                 "--patch-size", "8", "--epochs", "50", "--batch-size", "8", "--teacher", Self.clip, "-o", run.path]
-    let line = ([MPI.mpirun!] + MPI.flags + ["-np", "2", exe] + args).map { "'\($0)'" }.joined(separator: " ")
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/sh")
-    p.arguments = ["-c", line + " > '\(dir.path)/out' 2>&1"]
-    try p.run()
-    let logURL = run.appendingPathComponent("log.jsonl")
-    let deadline = Date().addingTimeInterval(60)
-    while Date() < deadline, ((try? Data(contentsOf: logURL))?.count ?? 0) < 2000 { usleep(20_000) }
+    let p = try backgroundJob(args, run: run, log: dir.appendingPathComponent("out"))
     let pids = try rankPIDs(exe, run)
     try #require(pids.count >= 2)
     let t0 = Date()
