@@ -35,10 +35,18 @@ func mpiMilan(_ n: Int, _ args: [String], environment: [String: String] = [:]) t
   return r
 }
 
-/// The PIDs of the ranks (`milan` processes whose command line starts with the executable) training into `out`,
-/// in increasing order (rank 0 is started first).
-func rankPIDs(_ exe: String, _ out: URL) throws -> [Substring] {
-  try milan([], shell: "pgrep -f -- '^\(exe) pretrain .*-o \(out.path)' | sort -n").stdout.split(separator: "\n")
+/// The PIDs of the ranks (processes whose command line is `EXE pretrain … -o OUT`) training into `out`, in
+/// increasing order, read from /proc (procps's pgrep is not on every fresh Debian).
+func rankPIDs(_ exe: String, _ out: URL) throws -> [Int32] {
+  var pids: [Int32] = []
+  for entry in try FileManager.default.contentsOfDirectory(atPath: "/proc") {
+    guard let pid = Int32(entry), let raw = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+    let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+    guard args.count > 2, args[0] == exe, args[1] == "pretrain",
+          let o = args.firstIndex(of: "-o"), o + 1 < args.count, args[o + 1] == out.path else { continue }
+    pids.append(pid)
+  }
+  return pids.sorted()
 }
 
 /// A 2-rank `milan` job started in the background (output to `log`), once its run folder's log.jsonl has grown
@@ -242,7 +250,7 @@ struct DataParallelTests {
     let p = try backgroundJob(args(cut), run: cut, log: dir.appendingPathComponent("cut.out"))
     let pids = try rankPIDs(exe, cut)
     try #require(pids.count >= 2, "ranks not found: \(pids)")
-    _ = try milan([], shell: "kill -TERM \(pids.last!)")
+    kill(pids.last!, SIGTERM)
     p.waitUntilExit()
     let out = try String(contentsOf: dir.appendingPathComponent("cut.out"), encoding: .utf8)
     #expect(p.terminationStatus == 0 && out.contains("interrupted: checkpoint written"), "\(out)")
@@ -286,7 +294,7 @@ struct DataParallelTests {
     let pids = try rankPIDs(exe, run)
     try #require(pids.count >= 2)
     let t0 = Date()
-    _ = try milan([], shell: "kill -KILL \(pids.last!)")
+    kill(pids.last!, SIGKILL)
     p.waitUntilExit()
     let took = Date().timeIntervalSince(t0)
     let out = try String(contentsOf: dir.appendingPathComponent("out"), encoding: .utf8)
