@@ -27,6 +27,12 @@ public struct EvaluationConfig: Codable, Sendable {
   /// Semantic-aware probing: keep this fraction of patches by teacher attention (nil: all patches).
   public var semanticKeep: Double? = nil
   public var baselines = true
+  /// Whether to score the checkpoint's own encoder (false: the baselines alone).
+  public var encoder = true
+  /// Candidate probe base learning rates: each trains a probe on 80 % of the bank and is scored on the held-out 20 %
+  /// (seeded); the best then trains on the whole bank and is scored on the test images. nil: `probe.blr` as given.
+  /// The test images never choose anything.
+  public var probeBlrCandidates: [Double]? = nil
   public var seed: UInt64 = 123
   /// Unreadable images tolerated per split, as a fraction, before the evaluation stops.
   public var maxUnreadableFraction = 0.01
@@ -38,6 +44,10 @@ public struct EvaluationRow: Codable, Sendable {
   public var knnTop1: Double?
   public var probeTop1: Double?
   public var probeTop5: Double?
+  /// The probe's base lr (chosen on held-out training images when candidates were given).
+  public var probeBlr: Double?
+  /// Held-out top-1 of each candidate blr, when there were candidates.
+  public var probeSelection: [String: Double]?
 }
 
 public struct EvaluationReport: Codable, Sendable {
@@ -57,6 +67,35 @@ public struct EvaluationReport: Codable, Sendable {
 }
 
 public enum Evaluation {
+  /// The candidate blr whose probe, trained on a seeded 80 % of the training features, scores best (top-1) on the
+  /// other 20 %; ties go to the earlier candidate. Returns it and every candidate's held-out score.
+  public static func selectProbeBlr(_ candidates: [Double], features: Tensor, labels: [Int], classes: Int,
+                             config: LinearProbeConfig, seed: UInt64) throws -> (Double, [String: Double]) {
+    let n = features.shape[0], d = features.shape[1]
+    var order = Array(0..<n)
+    var rng = SplitMix64(seed: seed ^ 0x4E1D)
+    order.shuffle(using: &rng)
+    let cut = n * 4 / 5
+    func rows(_ ids: ArraySlice<Int>) -> Tensor {
+      let t = Tensor(uninitialized: [ids.count, d])
+      for (r, i) in ids.enumerated() { (t.data + r * d).update(from: features.data + i * d, count: d) }
+      return t
+    }
+    let fit = rows(order[..<cut]), held = rows(order[cut...])
+    let fitLabels = order[..<cut].map { labels[$0] }, heldLabels = order[cut...].map { labels[$0] }
+    var best = candidates[0], bestScore = -1.0, scores: [String: Double] = [:]
+    for blr in candidates {
+      var pc = config
+      pc.blr = blr
+      pc.batchSize = min(pc.batchSize, cut)
+      let r = try LinearProbe.run(train: fit, trainLabels: fitLabels, test: held, testLabels: heldLabels,
+                                  classes: classes, config: pc)
+      scores[String(blr)] = r.final.top1
+      if r.final.top1 > bestScore { (best, bestScore) = (blr, r.final.top1) }
+    }
+    return (best, scores)
+  }
+
   /// `group`: under mpirun every process extracts its share of the features (gathered on every process), then each
   /// scores the same full feature sets (identical results); only rank 0 logs.
   public static func run(_ c: EvaluationConfig, group: ProcessGroup = .single,
@@ -102,10 +141,17 @@ public enum Evaluation {
       if c.linearProbe && probe {
         var pc = c.probe
         pc.batchSize = min(pc.batchSize, bank.count)
+        if let candidates = c.probeBlrCandidates, candidates.count > 1 {
+          let (blr, scores) = try selectProbeBlr(candidates, features: fb, labels: bankLabels, classes: classes,
+                                                 config: pc, seed: c.seed)
+          pc.blr = blr
+          row.probeSelection = scores
+        }
         let r = try LinearProbe.run(train: fb, trainLabels: bankLabels, test: fq, testLabels: queryLabels, classes: classes,
                                 config: pc, log: { _ in })
         row.probeTop1 = r.final.top1
         row.probeTop5 = r.final.top5
+        row.probeBlr = pc.blr
       }
       rows.append(row)
       log(name.padding(toLength: 44, withPad: " ", startingAt: 0)
@@ -114,8 +160,10 @@ public enum Evaluation {
         + String(format: "(%.0f s)", Date().timeIntervalSince(t0)))
     }
     let size = cfg.imageSize
-    try evaluate("MILAN encoder (epoch \(state.epoch), \(c.pool.rawValue))") {
-      try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool)
+    if c.encoder {
+      try evaluate("MILAN encoder (epoch \(state.epoch), \(c.pool.rawValue))") {
+        try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool)
+      }
     }
     if let keep = c.semanticKeep, let teacher {
       let sp = SemanticProbing(teacher: teacher, teacherImageSize: teacherSize, keepFraction: keep)

@@ -38,6 +38,9 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
   /// A seeded subset of the training images (nil: all).
   public var trainImages: Int?
   public var seed: UInt64
+  /// Seed of the training subset (`trainImages`); nil: `seed`. Runs compared at equal data (`milan ablate`) share it
+  /// while their seeds differ.
+  public var dataSeed: UInt64? = nil
   /// An IDX folder (train-images-idx3-ubyte[.gz]) or an image folder root/<class>/*.jpg|png (or root/train/...).
   public var dataDir: String
   /// Unreadable images tolerated, as a fraction of the dataset, before the run stops.
@@ -128,7 +131,7 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
   enum CodingKeys: String, CodingKey {
     case model, imageSize, teacherImageSize, maskRatio, masking, epochs, warmupEpochs, batchSize, accumulation, blr,
          minLR, weightDecay, gradClip, augment, cropScale, cropRatio, trainImages, seed, dataDir,
-         maxUnreadableFraction, teacherPath, teacher, outputDir, processes
+         maxUnreadableFraction, teacherPath, teacher, outputDir, processes, dataSeed
     case maskedLossOnly  // files written before model.lossTokens
   }
 
@@ -175,6 +178,7 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
     teacher = try c.decodeIfPresent(TeacherSpec.self, forKey: .teacher)
     try take(.outputDir, &outputDir)
     try take(.processes, &processes)
+    dataSeed = try c.decodeIfPresent(UInt64.self, forKey: .dataSeed)
     if try c.decodeIfPresent(Bool.self, forKey: .maskedLossOnly) == true { model.lossTokens = .masked }
   }
 
@@ -218,6 +222,7 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
     try c.encodeIfPresent(teacher, forKey: .teacher)
     try c.encode(outputDir, forKey: .outputDir)
     try c.encode(processes, forKey: .processes)
+    try c.encodeIfPresent(dataSeed, forKey: .dataSeed)
   }
 
   /// Checks that the numbers make sense together; the message names the field.

@@ -143,7 +143,7 @@ public final class Pretrainer: @unchecked Sendable {
 
   /// The seeded subset of training images (dataset indices).
   func trainingIndices() -> [Int] {
-    var subsetRNG = SplitMix64(seed: config.seed ^ 0x5EED)
+    var subsetRNG = SplitMix64(seed: (config.dataSeed ?? config.seed) ^ 0x5EED)
     var pool = Array(0..<data.count)
     pool.shuffle(using: &subsetRNG)
     return Array(pool.prefix(config.trainImages ?? data.count))

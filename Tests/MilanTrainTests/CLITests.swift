@@ -222,6 +222,39 @@ func jsonObject(_ url: URL) throws -> [String: Any] {
     #expect(tf.metadata["source"]?.contains("CLIP") == true)
   }
 
+  /// `milan ablate` on tiny data: the requested rows × seeds train in their own folders with pretrain's engine, are
+  /// scored with eval's (probe lr chosen on held-out training images), the baselines once, a table and JSON; run
+  /// again, it skips everything finished.
+  @Test func ablateTrainsRowsWithSeedsAndSkipsFinishedRuns() throws {
+    let dir = try scratchDir("ablate")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let data = try tinyImageNet(dir.appendingPathComponent("data")).path, out = dir.appendingPathComponent("abl")
+    let args = ["ablate", "-o", out.path, "--data-dir", data, "--teacher", Fixtures.url("models/clip_openclip.safetensors").path,
+                "--epochs", "1", "--batch-size", "2", "--rows", "mae,milan", "--seeds", "0,1", "--eval-train-images", "6",
+                "--eval-test-images", "6", "--probe-epochs", "2"]
+    let r = try milan(args)
+    #expect(r.status == 0, "\(r.text)")
+    let result = try JSONDecoder().decode(AblationResult.self, from: Data(contentsOf: out.appendingPathComponent("ablation.json")))
+    #expect(result.rows.map(\.row.name) == ["mae", "milan"] && result.rows.allSatisfy { $0.runs.count == 2 })
+    #expect(result.baselines.count == 3 && result.baselines.allSatisfy { $0.knnTop1 != nil })
+    for row in result.rows {
+      for run in row.runs {
+        let state = try TrainState.read(URL(fileURLWithPath: run.folder))
+        #expect(state.epoch == 1 && state.config.seed == run.seed && state.config.dataSeed == 0)
+        #expect(state.config.model.decoder == row.row.decoder && state.config.masking == row.row.masking)
+        #expect(run.knnTop1 != nil && run.probeTop1 != nil && [1, 4, 16, 64].contains(run.probeBlr ?? -1))
+      }
+    }
+    #expect((try TrainState.read(URL(fileURLWithPath: result.rows[0].runs[0].folder))).config.teacher == nil)  // MAE
+    let table = try String(contentsOf: out.appendingPathComponent("ablation.md"), encoding: .utf8)
+    #expect(table.contains("(1) MAE") && table.contains("(2) MILAN") && table.contains("baseline: raw pixels"))
+    // Again: nothing retrains or re-scores.
+    let logBefore = try Data(contentsOf: URL(fileURLWithPath: result.rows[1].runs[1].folder).appendingPathComponent("log.jsonl"))
+    let again = try milan(args)
+    #expect(again.status == 0 && !again.stdout.contains("ablate: "), "\(again.stdout)")
+    #expect(try Data(contentsOf: URL(fileURLWithPath: result.rows[1].runs[1].folder).appendingPathComponent("log.jsonl")) == logBefore)
+  }
+
   /// IDX sets embed too: names `t10k[i]`, the set's labels.
   @Test(.enabled(if: FileManager.default.fileExists(atPath: Real.data), "needs dataset-fashion-mnist"))
   func embedsAnIDXSplit() throws {
