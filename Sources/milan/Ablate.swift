@@ -31,6 +31,7 @@ extension Milan {
     @Option(help: "Evaluation: train images (k-NN bank, probe training; default 4000).") var evalTrainImages = 4000
     @Option(help: "Evaluation: test images (default 2000).") var evalTestImages = 2000
     @Option(help: "Linear probe epochs (default 90).") var probeEpochs = 90
+    @Flag(help: "Do not write report.html at the end.") var noReport = false
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
@@ -78,6 +79,7 @@ extension Milan {
       say("")
       say(r.table)
       say(String(format: "ablate done in %.0f s: %@/ablation.md and ablation.json", Date().timeIntervalSince(t0), output))
+      if !noReport && group.rank == 0 { writeReport(output) }
     }
   }
 }

@@ -13,7 +13,7 @@ struct Milan: ParsableCommand {
     abstract: "MILAN in Swift: masked image pretraining on language-assisted representations.",
     version: "0.1.0",
     subcommands: [Info.self, Inspect.self, Convert.self, Pretrain.self, Step.self, Eval.self, Knn.self, Linprobe.self,
-                  Finetune.self, Embed.self, Ablate.self])
+                  Finetune.self, Embed.self, Ablate.self, Report.self])
 
   static func main() {
     do {

@@ -63,6 +63,7 @@ extension Milan {
     var printConfig = false
     @Flag(help: "Continue from the checkpoint in the output folder (its configuration; --epochs, --data-dir, --teacher and --max-unreadable may be given, and --batch-size when the number of processes changes).")
     var resume = false
+    @Flag(help: "Do not write report.html at the end (milan report writes it later).") var noReport = false
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
@@ -133,6 +134,7 @@ extension Milan {
       say(String(format: "done in %.0f s: final loss %.4f", Date().timeIntervalSince(t0), final.lastLoss ?? .nan))
       say("checkpoint: \(rc.outputDir)/model.safetensors (+ optimizer.safetensors, state.json); log: \(rc.outputDir)/log.jsonl")
       say("encoder for timm: milan convert \(rc.outputDir)/model.safetensors -o encoder.safetensors")
+      if !noReport && group.rank == 0 { writeReport(rc.outputDir) }
     }
 
     /// The configuration file (or the defaults) with the flags applied.
@@ -196,6 +198,16 @@ extension Milan {
       if let normPixLoss { c.model.normPixLoss = normPixLoss }
       return c
     }
+  }
+}
+
+/// `milan report FOLDER` at the end of a command; a report that cannot be written is said, not fatal.
+func writeReport(_ folder: String) {
+  do {
+    let url = try MilanTrain.Report.write(ReportConfig(run: folder), log: say)
+    say("report: \(url.path) (open it in a browser)")
+  } catch {
+    say("note: the report could not be written (\(error)); run milan report \(folder) to retry")
   }
 }
 

@@ -19,6 +19,12 @@ typedef struct {
 int milan_decode_image(const unsigned char *data, size_t size, milan_image *out);
 void milan_image_free(milan_image *img);
 
+// Encodes 8-bit RGB (rows top to bottom, 3 bytes a pixel) as a PNG in memory (libpng, default compression).
+// Returns 0 and a malloc'd buffer in *out / *out_size (free with milan_buffer_free); otherwise fills `error`.
+int milan_encode_png_rgb(const unsigned char *rgb, int width, int height, unsigned char **out, size_t *out_size,
+                         char error[256]);
+void milan_buffer_free(unsigned char *buffer);
+
 // Library versions, for `milan info` and test reports.
 int milan_jpeg_lib_version(void);
 const char *milan_png_lib_version(void);
