@@ -8,8 +8,9 @@ import Foundation
 import MilanTensor
 
 public enum PCA {
-  /// The rows of x [n, d] projected on their first two principal axes (power iteration on the covariance, deflated;
-  /// each axis signed so its largest coordinate is positive). [n, 2], centred.
+  /// The rows of x [n, d] projected on their first two principal axes: power iteration on the smaller of the
+  /// covariance (d × d) and the Gram matrix of the centred rows (n × n), deflated; each coordinate signed so its
+  /// largest value is positive. [n, 2], centred.
   public static func project2D(_ x: Tensor) -> [[Double]] {
     let n = x.shape[0], d = x.shape[1]
     var mean = [Double](repeating: 0, count: d)
@@ -17,34 +18,52 @@ public enum PCA {
     for j in 0..<d { mean[j] /= Double(max(n, 1)) }
     var c = [Double](repeating: 0, count: n * d)
     for i in 0..<n { for j in 0..<d { c[i * d + j] = Double(x.data[i * d + j]) - mean[j] } }
-    var cov = [Double](repeating: 0, count: d * d)
-    for i in 0..<n {
-      for a in 0..<d {
-        let va = c[i * d + a]
-        if va == 0 { continue }
-        for b in a..<d { cov[a * d + b] += va * c[i * d + b] }
+    // The Gram matrix G = C Cᵀ shares its non-zero eigenvalues with the covariance; its eigenvector u of eigenvalue
+    // λ gives the scores √λ · u directly.
+    let useGram = n <= d, m = useGram ? n : d
+    var g = [Double](repeating: 0, count: m * m)
+    for a in 0..<m {
+      for b in a..<m {
+        var s = 0.0
+        if useGram { for k in 0..<d { s += c[a * d + k] * c[b * d + k] } } else { for i in 0..<n { s += c[i * d + a] * c[i * d + b] } }
+        g[a * m + b] = s
+        g[b * m + a] = s
       }
     }
-    for a in 0..<d { for b in 0..<a { cov[a * d + b] = cov[b * d + a] } }
-    var axes: [[Double]] = []
-    for k in 0..<min(2, d) {
-      var v = (0..<d).map { Double(($0 * 7919 + k * 104_729) % 97 + 1) }
-      for _ in 0..<500 {
-        var w = [Double](repeating: 0, count: d)
-        for a in 0..<d { for b in 0..<d { w[a] += cov[a * d + b] * v[b] } }
-        for u in axes {
+    var vectors: [[Double]] = [], values: [Double] = []
+    for k in 0..<min(2, m) {
+      var v = (0..<m).map { Double(($0 * 7919 + k * 104_729) % 97 + 1) }
+      var lambda = 0.0
+      for _ in 0..<300 {
+        var w = [Double](repeating: 0, count: m)
+        for a in 0..<m { var s = 0.0; for b in 0..<m { s += g[a * m + b] * v[b] }; w[a] = s }
+        for u in vectors {
           let p = zip(w, u).reduce(0) { $0 + $1.0 * $1.1 }
-          for a in 0..<d { w[a] -= p * u[a] }
+          for a in 0..<m { w[a] -= p * u[a] }
         }
         let norm = w.reduce(0) { $0 + $1 * $1 }.squareRoot()
-        guard norm > 0 else { break }
-        v = w.map { $0 / norm }
+        guard norm > 0 else { lambda = 0; break }
+        let next = w.map { $0 / norm }
+        let change = zip(next, v).reduce(0) { $0 + abs($1.0 - $1.1) }
+        v = next
+        lambda = norm
+        if change < 1e-10 { break }
       }
-      if let m = v.indices.max(by: { abs(v[$0]) < abs(v[$1]) }), v[m] < 0 { v = v.map { -$0 } }
-      axes.append(v)
+      vectors.append(v)
+      values.append(lambda)
     }
-    while axes.count < 2 { axes.append([Double](repeating: 0, count: d)) }
-    return (0..<n).map { i in axes.map { u in (0..<d).reduce(0) { $0 + c[i * d + $1] * u[$1] } } }
+    var scores = [[Double]](repeating: [0, 0], count: n)
+    for (k, v) in vectors.enumerated() {
+      var col: [Double]
+      if useGram {
+        col = v.map { $0 * values[k].squareRoot() }
+      } else {
+        col = (0..<n).map { i in (0..<d).reduce(0) { $0 + c[i * d + $1] * v[$1] } }
+      }
+      if let top = col.indices.max(by: { abs(col[$0]) < abs(col[$1]) }), col[top] < 0 { col = col.map { -$0 } }
+      for i in 0..<n { scores[i][k] = col[i] }
+    }
+    return scores
   }
 }
 
