@@ -50,6 +50,10 @@ import Testing
       if words.contains("--classifier") { return "--test-images 2" }
       return "--train-images 6 --test-images 4 --probe-epochs 1 --probe-batch 2"
     case "embed": return "--images 2"
+    case "ablate":
+      return "--rows mae,milan --seeds 0 --epochs 1 --train-images 128 --batch-size 64 --eval-train-images 100 "
+        + "--eval-test-images 50 --probe-epochs 2"
+    case "report": return "--images 2 --embed-images 3"
     default: return ""
     }
   }
@@ -108,7 +112,8 @@ import Testing
     let features = try SafeTensorsFile(contentsOf: work.appendingPathComponent("features.safetensors"))
     #expect(try features.info("features").shape == [2, 768])
     for file in ["step.safetensors", "eval.json", "teacher-features.safetensors", "runs/mine-ft/classifier.safetensors",
-                 "clip_visual_from_hf.safetensors"] {
+                 "clip_visual_from_hf.safetensors", "runs/mine/report.html", "runs/ablate/ablation.md",
+                 "runs/ablate/report.html"] {
       #expect(FileManager.default.fileExists(atPath: work.appendingPathComponent(file).path), "\(file) missing")
     }
   }
