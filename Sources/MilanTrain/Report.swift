@@ -197,16 +197,8 @@ public enum Report {
     let ids = Array(0..<min(c.embedImages, test.dataset.count)), labels = test.labels(ids)
     let classNames = test.dataset.classNames
     var panelsSVG: [String] = []
-    var sets: [(String, Tensor)] = []
-    for m in models {
-      sets.append(("\(m.name): student", try Features.encoder(m.model.encoder, images: test, indices: ids, imageSize: m.state.config.imageSize)))
-    }
-    sets.append(("random encoder", try Features.encoder(VisionTransformer(first.state.config.model.encoder, seed: 7), images: test,
-                                                       indices: ids, imageSize: first.state.config.imageSize)))
-    if let teacher {
-      sets.append(("teacher \(teacher.spec.name)", try Features.teacher(teacher.teacher, images: test, indices: ids,
-                                                                       imageSize: RunTeacher.inputSize(teacher.spec, cfg))))
-    }
+    let sets = try embeddingInputs(models.map { ($0.name, $0.model, $0.state.config) }, teacher: teacher, teacherConfig: cfg,
+                                   test: test, ids: ids)
     var method = ""
     for (name, f) in sets {
       let e = TSNE.embed(f)
@@ -238,6 +230,26 @@ public enum Report {
     let out = URL(fileURLWithPath: c.output ?? root.appendingPathComponent("report.html").path)
     try Data(html.utf8).write(to: out, options: .atomic)
     return out
+  }
+
+  /// The feature sets the 2-D plots embed: each model's class-token features (as `milan eval` extracts them), a
+  /// random encoder's of the first model's architecture, and the teacher's class-token features.
+  public static func embeddingInputs(_ models: [(String, MILANModel, PretrainConfig)], teacher: LoadedTeacher?,
+                                     teacherConfig cfg: PretrainConfig, test: EvalImages, ids: [Int]) throws
+    -> [(String, Tensor)] {
+    var sets: [(String, Tensor)] = []
+    for (name, model, c) in models {
+      sets.append(("\(name): student", try Features.encoder(model.encoder, images: test, indices: ids, imageSize: c.imageSize)))
+    }
+    if let (_, _, c) = models.first {
+      sets.append(("random encoder", try Features.encoder(VisionTransformer(c.model.encoder, seed: 7), images: test,
+                                                         indices: ids, imageSize: c.imageSize)))
+    }
+    if let teacher {
+      sets.append(("teacher \(teacher.spec.name)", try Features.teacher(teacher.teacher, images: test, indices: ids,
+                                                                       imageSize: RunTeacher.inputSize(teacher.spec, cfg))))
+    }
+    return sets
   }
 
   static func load(_ dir: URL, name: String) throws -> Model {

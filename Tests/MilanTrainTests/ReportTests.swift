@@ -106,6 +106,18 @@ import Testing
     let mean = maps.lossMap.reduce(0, +) / Float(maps.lossMap.count)
     #expect(compare([mean], [loss.value.data[0]], atol: 1e-6, rtol: 1e-5, "loss map mean vs MILANModel.loss").ok)
     #expect(maps.lossMap.allSatisfy { $0.isFinite && $0 >= 0 && $0 <= 4 })
+    // The t-SNE input: the class-token features `milan eval` scores (student and teacher) and a seed-7 random encoder.
+    let sets = try Report.embeddingInputs([("run", model, cfg)], teacher: teacher, teacherConfig: cfg, test: test,
+                                          ids: [0, 1, 2, 3])
+    #expect(sets.map(\.0) == ["run: student", "random encoder", "teacher CLIP ViT-48w2d/8"])
+    var r2 = SplitMix64(seed: 0)
+    let direct = Autograd.noGrad { model.encoder.forwardFeatures(Variable(try! test.batch([0, 1, 2, 3], size: 32)), rng: &r2) }
+    let cls = (0..<4).flatMap { i in (0..<128).map { direct.value.data[i * 17 * 128 + $0] } }
+    #expect(compare(sets[0].1.toArray(), cls, atol: 0, rtol: 0, "t-SNE input vs the encoder's class tokens").ok)
+    let t4 = teacher.teacher.encode(try test.batch([0, 1, 2, 3], size: 32)).features
+    let t4cls = (0..<4).flatMap { i in (0..<24).map { t4.data[i * 17 * 24 + $0] } }
+    #expect(compare(sets[2].1.toArray(), t4cls, atol: 0, rtol: 0, "t-SNE input vs the teacher's class tokens").ok)
+    #expect(sets[1].1.shape == [4, 128] && sets[1].1.toArray().allSatisfy(\.isFinite))
     // The masks are the run's ratio.
     #expect(shared.randomMask.lenKeep == Masking.lenKeep(patches: 16, maskRatio: cfg.maskRatio))
   }
