@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -194,7 +195,7 @@ def teacher_cases(cfg):
             yield "teacher_fwd", conf, fwd, None, None
 
 
-def milan_step_cases(cfg):
+def milan_step_cases(cfg, only_step=None):
     """One MILAN training step with the reference model (tools/milan_reference.py): teacher forward under no_grad,
     semantic-aware masking from Exp(1) draws, encoder, prompting decoder, 2 - 2cos loss, backward, AdamW step."""
     steps = cfg.get("milan_steps", [])
@@ -203,6 +204,8 @@ def milan_step_cases(cfg):
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tools"))
     import milan_reference as ref
     for st in steps:
+        if only_step and st["name"] != only_step:
+            continue
         conf = f"{st['name']} B={st['batch']} {st['image']}px"
         model = ref.MaskedAutoencoderViT(
             img_size=st["image"], patch_size=st["patch"], embed_dim=st["embed"], depth=st["depth"],
@@ -238,28 +241,45 @@ def milan_step_cases(cfg):
             with torch.no_grad():
                 cached = teach(timgs)
 
-        def step(model=model, opt=opt, simgs=simgs, timgs=timgs, L=L, teach=teach, B=st["batch"], cached=cached):
+        phases = []  # one dict of phase times (ms) per call; PyTorch on the CPU is synchronous, so timers are exact
+
+        def step(model=model, opt=opt, simgs=simgs, timgs=timgs, L=L, teach=teach, B=st["batch"], cached=cached,
+                 phases=phases):
+            t = [time.perf_counter()]
             if cached is not None:
                 target, importance = cached
             else:
                 with torch.no_grad():
                     target, importance = teach(timgs)
+            t.append(time.perf_counter())
             noise = torch.empty(B, L).exponential_()
-            out = model(simgs, 0.75, noise=noise, target=target, importance=importance)
-            out["loss"].backward()
+            # model.forward, split at its phases (reference forward: encoder with masking, decoder, loss)
+            latent, mask, ids_restore, ids_shuffle, ids_keep, ids_dump = model.forward_encoder(
+                simgs, 0.75, noise, importance)
+            t.append(time.perf_counter())
+            pred = model.forward_decoder(latent, ids_restore, ids_keep, ids_dump)
+            t.append(time.perf_counter())
+            loss = model.forward_loss(simgs, pred, mask, target)
+            t.append(time.perf_counter())
+            loss.backward()
+            t.append(time.perf_counter())
             opt.step()
             opt.zero_grad()
+            t.append(time.perf_counter())
+            names = ("teacher", "encoder", "decoder", "loss", "backward", "optimizer")
+            phases.append({n: (b - a) * 1e3 for n, a, b in zip(names, t, t[1:])})
+        step.phases = phases
         yield "milan_step", conf, step, None, None
 
 
-def all_cases(cfg):
+def all_cases(cfg, only_step=None):
     yield from gemm_cases(cfg)
     yield from attention_cases(cfg)
     yield from layernorm_cases(cfg)
     yield from unary_cases(cfg, "gelu", "gelu", "D", lambda x: F.gelu(x))
     yield from unary_cases(cfg, "softmax", "softmax", "L", lambda x: torch.softmax(x, dim=-1))
     yield from teacher_cases(cfg)
-    yield from milan_step_cases(cfg)
+    yield from milan_step_cases(cfg, only_step)
 
 
 def sdpa_kernels(cfg):
@@ -281,6 +301,10 @@ def main():
     ap.add_argument("--out", help="write results JSON here")
     ap.add_argument("--only", help="run only ops whose name starts with this prefix (e.g. gemm, attn_fwdbwd)")
     ap.add_argument("--threads", type=int, help="override the thread count from the config")
+    ap.add_argument("--no-steps", action="store_true", help="skip the MILAN-step rows (bench/run.sh runs each in "
+                    "its own process)")
+    ap.add_argument("--step", help="run only the MILAN-step configuration of this name (one per process keeps max "
+                    "RSS per configuration)")
     args = ap.parse_args()
 
     with open(args.config) as f:
@@ -296,13 +320,22 @@ def main():
 
     results = []
     t_start = time.perf_counter()
-    for op, conf, fn, reset, flops in all_cases(cfg):
+    for op, conf, fn, reset, flops in all_cases(cfg, args.step):
+        if args.no_steps and op == "milan_step":
+            break
         if args.only and not op.startswith(args.only):
             continue
         best, median, calls = time_op(fn, reset)
         gflops = round(flops / (best * 1e-3) / 1e9, 2) if flops else None
-        results.append({"op": op, "config": conf, "best_ms": round(best, 4), "median_ms": round(median, 4),
-                        "gflops": gflops})
+        row = {"op": op, "config": conf, "best_ms": round(best, 4), "median_ms": round(median, 4), "gflops": gflops}
+        if op in ("teacher_fwd", "milan_step"):
+            row["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if hasattr(fn, "phases"):
+            timed = fn.phases[WARMUP:]
+            row["phases_ms"] = {k: round(statistics.median(p[k] for p in timed), 3) for k in timed[0]}
+            print("  phases (median ms): " + ", ".join(f"{k} {v:.0f}" for k, v in row["phases_ms"].items()),
+                  file=sys.stderr)
+        results.append(row)
         extra = f"  {gflops:8.1f} GFLOP/s" if gflops else ""
         print(f"{op:18s} {conf:34s} best {best:10.3f} ms  median {median:10.3f} ms  ({calls} calls){extra}",
               file=sys.stderr, flush=True)

@@ -1,3 +1,4 @@
+import CMilanKernels
 import Foundation
 // CBLAS: OpenBLAS on Linux (system-library target COpenBLAS), Accelerate on Apple platforms.
 #if canImport(Accelerate)
@@ -43,6 +44,13 @@ public enum BLAS {
     #endif
   }
 
+  /// FLOPs (2·M·N·K) of every GEMM since the counter was last read, while `countFLOPs` is on (benchmarks check
+  /// their FLOP formulas against it). Off by default: one relaxed atomic add per call when on.
+  nonisolated(unsafe) public static var countFLOPs = false
+
+  /// Returns the FLOPs counted since the last call and resets the counter.
+  public static func takeCountedFLOPs() -> Int { Int(milan_flop_counter_take()) }
+
   /// Single call of cblas_sgemm, row-major: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
   @inlinable
   public static func sgemmRaw(
@@ -51,6 +59,7 @@ public enum BLAS {
     _ c: UnsafeMutablePointer<Float>, ldc: Int
   ) {
     if m == 0 || n == 0 { return }
+    if countFLOPs { milan_flop_counter_add(Int64(2 * m * n * k)) }
     #if canImport(Accelerate)
     cblas_sgemm(CblasRowMajor, ta == .none ? CblasNoTrans : CblasTrans, tb == .none ? CblasNoTrans : CblasTrans,
                 __LAPACK_int(m), __LAPACK_int(n), __LAPACK_int(k), alpha, a, __LAPACK_int(lda), b, __LAPACK_int(ldb),

@@ -54,6 +54,17 @@ void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows
 void milan_adamw_step(float *w, const float *g, float *m, float *v, long n, float decay, float b1, float b2,
                       float step_size, float bc2_sqrt, float eps);
 
+// The FP32 FMA limit (fma_peak.c). Bit mask of the vector widths (in floats) this CPU runs FMAs at: 4 (NEON),
+// 8 (AVX2 + FMA), 16 (AVX-512F); 0 when none is known.
+int milan_fma_peak_widths(void);
+// Runs `iterations` × 24 independent FMAs of `width` lanes on distinct registers (inline assembly) and returns the
+// FLOPs done (2 per lane per FMA), or 0 when this CPU has no such width. The caller times it.
+double milan_fma_peak_run(int width, long iterations);
+
+// A process-wide FLOP counter (relaxed atomics) that BLAS.sgemmRaw feeds while counting is on.
+void milan_flop_counter_add(long long flops);
+long long milan_flop_counter_take(void);
+
 #ifdef __cplusplus
 }
 #endif

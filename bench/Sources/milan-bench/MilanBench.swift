@@ -20,6 +20,15 @@ struct Result: Codable {
   var gflops: Double?
   var calls: Int
   var peak_mb: Double? = nil
+  /// The row's work by the documented formulas (FLOPs.swift; conventions for the row kernels), for both sides.
+  var flops: Double? = nil
+  /// The matrix-product FLOPs the library issued per call (BLAS counter), next to the formula.
+  var counted_flops: Double? = nil
+  /// Median time of each phase of the step over the timed calls, and the phases' work by the formulas.
+  var phases_ms: [String: Double]? = nil
+  var phase_flops: [String: Double]? = nil
+  /// The process's maximum resident set size after this row (getrusage), MB.
+  var max_rss_mb: Double? = nil
 }
 
 struct Doc: Codable {
@@ -29,7 +38,26 @@ struct Doc: Codable {
   var date: String
   var machine: String
   var blas: String
+  /// The FP32 FMA limit measured at the start of this run (FMAPeak).
+  var peak: FMAPeak?
   var results: [Result]
+}
+
+func maxRSSMB() -> Double {
+  var u = rusage()
+  getrusage(RUSAGE_SELF.rawValue, &u)
+  return Double(u.ru_maxrss) / 1024  // KiB on Linux
+}
+
+func measurePeak(threads: Int) -> FMAPeak? {
+  let p = FMAPeak.measure(threads: threads)
+  if let p {
+    FileHandle.standardError.write(String(format: "FMA peak (%d-wide): %.1f GFLOP/s on one core, %.1f on %d\n", p.width,
+                                          p.perCoreGFLOPS, p.allCoresGFLOPS, p.threads).data(using: .utf8)!)
+  } else {
+    FileHandle.standardError.write("FMA peak: no FMA loop for this CPU; % of peak is not reported\n".data(using: .utf8)!)
+  }
+  return p
 }
 
 struct Config: Decodable {
@@ -116,6 +144,12 @@ struct MilanBench: ParsableCommand {
   var out: String?
   @Option(help: "Run only ops whose name starts with this prefix.")
   var only: String?
+  @Option(help: "Run only the MILAN-step configuration of this name (one per process keeps max RSS per config).")
+  var step: String?
+  @Flag(help: "Skip the MILAN-step rows (bench/run.sh runs each in its own process).")
+  var noSteps = false
+  @Flag(help: "Measure the FMA peak only (bench/run.sh does before each PyTorch run).")
+  var peakOnly = false
   @Option(help: "DINOv2 ONNX file for the teacher benchmark (random weights if absent).")
   var onnxPath: String? = {
     let cache = ProcessInfo.processInfo.environment["MILAN_CACHE"]
@@ -126,15 +160,43 @@ struct MilanBench: ParsableCommand {
   func run() throws {
     let cfg = try JSONDecoder().decode(Config.self, from: Data(contentsOf: URL(fileURLWithPath: config)))
     Parallel.threads = cfg.threads
+    let fmt = ISO8601DateFormatter()
+    func write(_ doc: Doc) throws {
+      let enc = JSONEncoder()
+      enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+      let data = try enc.encode(doc)
+      if let out {
+        try data.write(to: URL(fileURLWithPath: out), options: .atomic)
+      } else {
+        print(String(decoding: data, as: UTF8.self))
+      }
+    }
+    let peak = measurePeak(threads: cfg.threads)
+    if peakOnly {
+      try write(Doc(version: "milan-swift", threads: cfg.threads, date: fmt.string(from: Date()), machine: cpuModel(),
+                    blas: BLAS.libraryDescription, peak: FMAPeak.best(peak, measurePeak(threads: cfg.threads)), results: []))
+      return
+    }
     var results: [Result] = []
     func record(_ op: String, _ conf: String, flops: Double? = nil, _ body: () -> Void) {
       if let only, !op.hasPrefix(only) { return }
       let t = timeOp(body)
       let gf = flops.map { $0 / (t.best * 1e-3) / 1e9 }
-      results.append(Result(op: op, config: conf, best_ms: t.best, median_ms: t.median, gflops: gf, calls: t.calls))
+      results.append(Result(op: op, config: conf, best_ms: t.best, median_ms: t.median, gflops: gf, calls: t.calls,
+                            flops: flops))
+      var pct = ""
+      if let gf, let peak { pct = String(format: " (%.0f %% of peak)", gf / peak.allCoresGFLOPS * 100) }
       FileHandle.standardError.write(
-        "\(op) \(conf): best \(String(format: "%.3f", t.best)) ms, median \(String(format: "%.3f", t.median)) ms\(gf.map { String(format: ", %.1f GF/s", $0) } ?? "")\n"
+        "\(op) \(conf): best \(String(format: "%.3f", t.best)) ms, median \(String(format: "%.3f", t.median)) ms\(gf.map { String(format: ", %.1f GF/s", $0) } ?? "")\(pct)\n"
           .data(using: .utf8)!)
+    }
+    /// FLOPs the BLAS counter saw during one more call of `body` (run after the timing).
+    func countedFLOPs(_ body: () -> Void) -> Double {
+      BLAS.countFLOPs = true
+      defer { BLAS.countFLOPs = false }
+      _ = BLAS.takeCountedFLOPs()
+      body()
+      return Double(BLAS.takeCountedFLOPs())
     }
     var rng = SplitMix64(seed: 0)
 
@@ -152,7 +214,8 @@ struct MilanBench: ParsableCommand {
         let (a, b) = timeInterleaved(ours, raw)
         for (name, t) in [(op, a), (op + "_rawblas", b)] {
           let gf = flops / (t.best * 1e-3) / 1e9
-          results.append(Result(op: name, config: conf, best_ms: t.best, median_ms: t.median, gflops: gf, calls: t.calls))
+          results.append(Result(op: name, config: conf, best_ms: t.best, median_ms: t.median, gflops: gf, calls: t.calls,
+                                flops: flops))
           FileHandle.standardError.write(
             "\(name) \(conf): best \(String(format: "%.3f", t.best)) ms, median \(String(format: "%.3f", t.median)) ms, \(String(format: "%.1f", gf)) GF/s\n"
               .data(using: .utf8)!)
@@ -192,8 +255,10 @@ struct MilanBench: ParsableCommand {
       let k = Variable(Tensor.randn([a.B, a.Lk, w], rng: &rng), requiresGrad: true)
       let v = Variable(Tensor.randn([a.B, a.Lk, w], rng: &rng), requiresGrad: true)
       let go = Tensor.randn([a.B, a.Lq, w], rng: &rng)
-      record("attn_fwd", conf) { _ = Autograd.noGrad { attention(q, k, v, heads: a.H) } }
-      record("attn_fwdbwd", conf) {
+      // Scores and weighted sum: 4·B·H·Lq·Lk·Dh forward; dV, dP, dQ, dK: twice that backward.
+      let fwd = 4.0 * Double(a.B * a.H * a.Lq * a.Lk * a.Dh)
+      record("attn_fwd", conf, flops: fwd) { _ = Autograd.noGrad { attention(q, k, v, heads: a.H) } }
+      record("attn_fwdbwd", conf, flops: 3 * fwd) {
         q.zeroGrad(); k.zeroGrad(); v.zeroGrad()
         attention(q, k, v, heads: a.H).backward(seed: go)
       }
@@ -206,8 +271,11 @@ struct MilanBench: ParsableCommand {
       let w = Variable(Tensor.randn([d], rng: &rng), requiresGrad: true)
       let b = Variable(Tensor.randn([d], rng: &rng), requiresGrad: true)
       let gy = Tensor.randn([rows, d], rng: &rng)
-      record("layernorm_fwd", conf) { _ = Autograd.noGrad { layerNorm(x, weight: w, bias: b, eps: 1e-6) } }
-      record("layernorm_fwdbwd", conf) {
+      // Conventions (these rows are memory-bound): forward 8 FLOPs per element (mean 1, variance 3, normalise 2,
+      // affine 2), backward 11 more.
+      let n = Double(rows * d)
+      record("layernorm_fwd", conf, flops: 8 * n) { _ = Autograd.noGrad { layerNorm(x, weight: w, bias: b, eps: 1e-6) } }
+      record("layernorm_fwdbwd", conf, flops: 19 * n) {
         x.zeroGrad(); w.zeroGrad(); b.zeroGrad()
         layerNorm(x, weight: w, bias: b, eps: 1e-6).backward(seed: gy)
       }
@@ -217,8 +285,10 @@ struct MilanBench: ParsableCommand {
       let conf = "rows=\(s[0]) D=\(s[1])"
       let x = Variable(Tensor.randn([s[0], s[1]], rng: &rng), requiresGrad: true)
       let gy = Tensor.randn([s[0], s[1]], rng: &rng)
-      record("gelu_fwd", conf) { _ = Autograd.noGrad { x.gelu() } }
-      record("gelu_fwdbwd", conf) {
+      // Conventions: 0.5·x·(1 + erf(x/√2)) is 5 FLOPs per element with erf as one; the derivative Φ + x·φ 6 more.
+      let n = Double(s[0] * s[1])
+      record("gelu_fwd", conf, flops: 5 * n) { _ = Autograd.noGrad { x.gelu() } }
+      record("gelu_fwdbwd", conf, flops: 11 * n) {
         x.zeroGrad()
         x.gelu().backward(seed: gy)
       }
@@ -228,8 +298,10 @@ struct MilanBench: ParsableCommand {
       let conf = "rows=\(s[0]) L=\(s[1])"
       let x = Variable(Tensor.randn([s[0], s[1]], rng: &rng), requiresGrad: true)
       let gy = Tensor.randn([s[0], s[1]], rng: &rng)
-      record("softmax_fwd", conf) { _ = Autograd.noGrad { x.softmax() } }
-      record("softmax_fwdbwd", conf) {
+      // Conventions: max, subtract, exp, sum, scale: 5 FLOPs per element; backward (dot, subtract, multiply) 4 more.
+      let n = Double(s[0] * s[1])
+      record("softmax_fwd", conf, flops: 5 * n) { _ = Autograd.noGrad { x.softmax() } }
+      record("softmax_fwdbwd", conf, flops: 9 * n) {
         x.zeroGrad()
         x.softmax().backward(seed: gy)
       }
@@ -254,17 +326,27 @@ struct MilanBench: ParsableCommand {
         throw ValidationError("unknown teacher \(t.name) in \(config)")
       }
       let images = Tensor.randn([t.batch, 3, t.image, t.image], rng: &rng)
-      record("teacher_fwd", conf) { _ = teacher.encode(images) }
+      let flops = Double(t.batch) * FLOPs.teacherForward(teacher.architecture, imageSize: t.image)
+      record("teacher_fwd", conf, flops: flops) { _ = teacher.encode(images) }
+      if var r = results.last, r.op == "teacher_fwd", r.config == conf {
+        r.counted_flops = countedFLOPs { _ = teacher.encode(images) }
+        r.max_rss_mb = maxRSSMB()
+        results[results.count - 1] = r
+      }
     }
 
     // One full MILAN training step: teacher forward (no grad), semantic-aware masking, student encoder and
     // prompting decoder, 2 − 2·cos loss, backward, AdamW update. With `cached_targets` the teacher's outputs come
     // from one forward made before the timing, and the step starts at the masking.
     for st in cfg.milan_steps ?? [] {
+      if noSteps { break }
+      if let step, st.name != step { continue }
+      if let only, !"milan_step".hasPrefix(only) { continue }
       let conf = "\(st.name) B=\(st.batch) \(st.image)px"
       let enc = ViTConfig(imageSize: st.image, patchSize: st.patch, embedDim: st.embed, depth: st.depth, numHeads: st.heads)
-      let model = MILANModel(MILANConfig(encoder: enc, decoderDim: st.dec_dim, decoderDepth: st.dec_depth,
-                                         decoderHeads: st.dec_heads, predictionDim: st.pred_dim))
+      let mcfg = MILANConfig(encoder: enc, decoderDim: st.dec_dim, decoderDepth: st.dec_depth,
+                             decoderHeads: st.dec_heads, predictionDim: st.pred_dim)
+      let model = MILANModel(mcfg)
       let teacher: any Teacher
       if st.teacher == "clip_vit_b16" {
         var c = CLIPVisionConfig.vitB16
@@ -275,6 +357,9 @@ struct MilanBench: ParsableCommand {
       } else {
         teacher = DINOv2Teacher(.small14)
       }
+      let cachedTargets = st.cached_targets == true
+      let work = FLOPs.milanStep(mcfg, maskRatio: 0.75, batch: st.batch, teacher: cachedTargets ? nil : teacher.architecture,
+                                 teacherImageSize: st.teacher_image)
       let opt = AdamW(groups: ParamGroup.weightDecayGroups(model.namedParameters(), weightDecay: 0.05), lr: 1e-4,
                       beta1: 0.9, beta2: 0.95)
       let simgs = Tensor.randn([st.batch, 3, st.image, st.image], rng: &rng)
@@ -284,17 +369,22 @@ struct MilanBench: ParsableCommand {
       BufferPool.shared.resetPeak()
       let before = BufferPool.shared.stats.live
       let trace = ProcessInfo.processInfo.environment["MILAN_TRACE_MEM"] != nil
+      // Phase clock: every call appends its phases' times; the warm-up calls are dropped below.
+      var calls: [[String: Double]] = []
+      var current: [String: Double] = [:]
       var last = DispatchTime.now().uptimeNanoseconds
       func mark(_ what: String) {
-        guard trace else { return }
         let now = DispatchTime.now().uptimeNanoseconds
         defer { last = now }
-        if what == "start" { return }
-        let s = BufferPool.shared.stats
-        FileHandle.standardError.write("  [\(what)] \(String(format: "%.0f", Double(now - last) / 1e6)) ms, live \((s.live - before) / 1_000_000) MB, peak \((s.peak - before) / 1_000_000) MB, cached \(s.cached / 1_000_000) MB\n".data(using: .utf8)!)
+        if what == "start" { current = [:]; return }
+        current[what] = Double(now - last) / 1e6
+        if trace {
+          let s = BufferPool.shared.stats
+          FileHandle.standardError.write("  [\(what)] \(String(format: "%.0f", Double(now - last) / 1e6)) ms, live \((s.live - before) / 1_000_000) MB, peak \((s.peak - before) / 1_000_000) MB, cached \(s.cached / 1_000_000) MB\n".data(using: .utf8)!)
+        }
       }
-      let cached = st.cached_targets == true ? teacher.encode(timgs) : nil
-      record("milan_step", conf) {
+      let cached = cachedTargets ? teacher.encode(timgs) : nil
+      let body = {
         mark("start")
         let t = cached ?? teacher.encode(timgs)
         mark("teacher")
@@ -303,28 +393,41 @@ struct MilanBench: ParsableCommand {
         let latent = model.forwardEncoder(Variable(simgs), masking: m, rng: &stepRNG)
         mark("encoder")
         let pred = model.forwardDecoder(latent, masking: m, rng: &stepRNG)
-        mark("forward")
-        cosineLoss(pred, target: t.features).backward()
+        mark("decoder")
+        let loss = cosineLoss(pred, target: t.features)
+        mark("loss")
+        loss.backward()
         mark("backward")
         opt.step()
-        mark("adamw")
         opt.zeroGrad()
+        mark("optimizer")
+        calls.append(current)
       }
-      let peak = Double(BufferPool.shared.stats.peak - before) / 1e6
-      results[results.count - 1].peak_mb = peak
-      FileHandle.standardError.write("  peak tensor memory during the step: \(String(format: "%.0f", peak)) MB\n".data(using: .utf8)!)
+      record("milan_step", conf, flops: work.total, body)
+      var r = results[results.count - 1]
+      let timed = calls.dropFirst(3)
+      var phases: [String: Double] = [:]
+      for key in ["teacher", "encoder", "decoder", "loss", "backward", "optimizer"] {
+        let v = timed.compactMap { $0[key] }.sorted()
+        if !v.isEmpty { phases[key] = v[v.count / 2] }
+      }
+      r.phases_ms = phases
+      r.phase_flops = ["teacher": work.teacher, "encoder": work.encoderForward, "decoder": work.decoderForward,
+                       "backward": work.backward]
+      r.peak_mb = Double(BufferPool.shared.stats.peak - before) / 1e6
+      r.counted_flops = countedFLOPs(body)
+      r.max_rss_mb = maxRSSMB()
+      results[results.count - 1] = r
+      FileHandle.standardError.write(("  phases (median ms): " + phases.sorted { $0.key < $1.key }
+        .map { "\($0.key) \(String(format: "%.0f", $0.value))" }.joined(separator: ", ")
+        + String(format: "; work %.1f GFLOP (counted %.1f); peak tensor memory %.0f MB, max RSS %.0f MB\n",
+                 work.total / 1e9, r.counted_flops! / 1e9, r.peak_mb!, r.max_rss_mb!)).data(using: .utf8)!)
     }
 
-    let fmt = ISO8601DateFormatter()
-    let doc = Doc(version: "milan-swift", threads: cfg.threads, date: fmt.string(from: Date()), machine: cpuModel(),
-                  blas: BLAS.libraryDescription, results: results)
-    let enc = JSONEncoder()
-    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-    let data = try enc.encode(doc)
-    if let out {
-      try data.write(to: URL(fileURLWithPath: out), options: .atomic)
-    } else {
-      print(String(decoding: data, as: UTF8.self))
-    }
+    // The peak again after the rows; the higher of the two is the round's (a neighbour's burst during one
+    // measurement would lower it and inflate every % of peak).
+    let peak2 = FMAPeak.best(peak, measurePeak(threads: cfg.threads))
+    try write(Doc(version: "milan-swift", threads: cfg.threads, date: fmt.string(from: Date()), machine: cpuModel(),
+                  blas: BLAS.libraryDescription, peak: peak2, results: results))
   }
 }
