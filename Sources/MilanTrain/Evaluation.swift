@@ -113,7 +113,22 @@ public enum Evaluation {
     var a = Array(0..<train.dataset.count), b = Array(0..<test.dataset.count)
     a.shuffle(using: &rng)
     b.shuffle(using: &rng)
-    let bank = Array(a.prefix(c.trainImages)), queries = Array(b.prefix(c.testImages))
+    // The k-NN bank and the probe's training set: the images the encoder was pretrained on (as in the paper, where
+    // both are the training split it pretrained on), topped up from the rest of the training split when more are
+    // asked for. Another data folder than the run's: a seeded draw from its training split.
+    let queries = Array(b.prefix(c.testImages))
+    let bank: [Int]
+    let sameData = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+      == URL(fileURLWithPath: cfg.dataDir).standardizedFileURL.path
+    if sameData {
+      let seen = cfg.trainingIndices(datasetCount: train.dataset.count)
+      let seenSet = Set(seen)
+      bank = Array(seen.prefix(c.trainImages)) + a.lazy.filter { !seenSet.contains($0) }.prefix(max(0, c.trainImages - seen.count))
+      log("k-NN bank and probe training set: \(min(c.trainImages, seen.count)) of the run's \(seen.count) pretraining images"
+        + (bank.count > seen.count ? " and \(bank.count - seen.count) more training images" : ""))
+    } else {
+      bank = Array(a.prefix(c.trainImages))
+    }
     let bankLabels = train.labels(bank), queryLabels = test.labels(queries)
     let classes = max(train.classes, (bankLabels + queryLabels).max()! + 1)
     log("evaluation on \(dataDir): \(bank.count) train images (k-NN bank, probe training), \(queries.count) test images")
@@ -126,13 +141,20 @@ public enum Evaluation {
 
     var rows: [EvaluationRow] = []
     /// Features of `indices`: this process's share, gathered from every process in order.
-    func gathered(_ images: EvalImages, _ indices: [Int], _ features: (EvalImages, [Int]) throws -> Tensor) throws -> Tensor {
-      let local = try features(images, Array(indices[group.shard(indices.count)]))
+    /// Features of `indices`: this process's share, gathered from every process in order. The closure is told
+    /// whether the images are the training split's, and advances `progress`.
+    func gathered(_ images: EvalImages, _ indices: [Int], training: Bool, progress: ProgressLog,
+                  _ features: (EvalImages, [Int], Bool, ProgressLog) throws -> Tensor) throws -> Tensor {
+      let local = try features(images, Array(indices[group.shard(indices.count)]), training, progress)
       return try group.allGatherRows(local, rowShape: Array(local.shape.dropFirst()))
     }
-    func evaluate(_ name: String, probe: Bool = true, _ features: (EvalImages, [Int]) throws -> Tensor) throws {
+    func evaluate(_ name: String, probe: Bool = true,
+                  _ features: (EvalImages, [Int], Bool, ProgressLog) throws -> Tensor) throws {
       let t0 = Date()
-      let fb = try gathered(train, bank, features), fq = try gathered(test, queries, features)
+      let progress = ProgressLog("\(name): features", total: group.shard(bank.count).count + group.shard(queries.count).count,
+                                 scale: group.size, log: log)
+      let fb = try gathered(train, bank, training: true, progress: progress, features)
+      let fq = try gathered(test, queries, training: false, progress: progress, features)
       var row = EvaluationRow(name: name)
       if c.knn {
         row.knnTop1 = KNN.accuracy(bank: fb, bankLabels: bankLabels, queries: fq, queryLabels: queryLabels,
@@ -162,26 +184,40 @@ public enum Evaluation {
     let size = cfg.imageSize
     if c.encoder {
       try evaluate("MILAN encoder (epoch \(state.epoch), \(c.pool.rawValue))") {
-        try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool)
+        try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool, progress: $3)
       }
     }
     if let keep = c.semanticKeep, let teacher {
       let sp = SemanticProbing(teacher: teacher, teacherImageSize: teacherSize, keepFraction: keep)
       try evaluate(String(format: "MILAN encoder, semantic-aware %.0f %% patches", keep * 100)) {
-        try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool, semantic: sp)
+        try Features.encoder(milan.encoder, images: $0, indices: $1, imageSize: size, pool: c.pool, semantic: sp,
+                             progress: $3)
       }
     }
     if c.baselines {
       let random = VisionTransformer(cfg.model.encoder, seed: 7)
       try evaluate("random encoder (same architecture)") {
-        try Features.encoder(random, images: $0, indices: $1, imageSize: size, pool: c.pool)
+        try Features.encoder(random, images: $0, indices: $1, imageSize: size, pool: c.pool, progress: $3)
       }
       if let loaded {
+        // The training images' features pretraining kept (same teacher, size, data and preprocessing only).
+        let key = TeacherFeatureCache.Key(teacherSHA256: loaded.spec.sha256, imageSize: teacherSize, dataDir: dataDir,
+                                          datasetCount: train.dataset.count,
+                                          preprocessing: TeacherFeatureCache.preprocessing(train.dataset, evaluation: true))
+        let cache = TeacherFeatureCache.read(ckpt, matching: key, log: log)
+        if let cache {
+          let reused = bank.filter { cache.rowOf[$0] != nil }.count
+          log("teacher features of \(reused) of the \(bank.count) bank images reused from the pretraining run "
+            + "(\(TeacherFeatureCache.fileName))")
+        }
         try evaluate("teacher \(loaded.spec.name) (\(teacherSize) px, class token)") {
-          try Features.teacher(loaded.teacher, images: $0, indices: $1, imageSize: teacherSize)
+          try Features.teacher(loaded.teacher, images: $0, indices: $1, imageSize: teacherSize,
+                               cached: $2 ? cache : nil, progress: $3)
         }
       }
-      try evaluate("raw pixels (\(size) px)") { try Features.pixels(images: $0, indices: $1, imageSize: size) }
+      try evaluate("raw pixels (\(size) px)") {
+        try Features.pixels(images: $0, indices: $1, imageSize: size, progress: $3)
+      }
     }
     let unreadable = try group.allReduce([Double(train.loader.failureCount + test.loader.failureCount)], .sum)[0]
     return EvaluationReport(dataset: dataDir, trainImages: bank.count, testImages: queries.count, rows: rows,

@@ -23,7 +23,7 @@ public enum Features {
   /// Encoder features [N, D] for `indices`.
   public static func encoder(_ encoder: VisionTransformer, images: EvalImages, indices: [Int], imageSize: Int,
                              pool: FeaturePool = .token, semantic: SemanticProbing? = nil,
-                             batch: Int = 128) throws -> Tensor {
+                             batch: Int = 128, progress: ProgressLog? = nil) throws -> Tensor {
     let d = encoder.config.embedDim
     let out = Tensor(uninitialized: [indices.count, d])
     var rng = SplitMix64(seed: 0)
@@ -48,6 +48,7 @@ public enum Features {
           }
         }
       }
+      progress?.advance(by: ids.count)
     }
     return out
   }
@@ -64,22 +65,36 @@ public enum Features {
     return IndexTensor(shape: [b, k], values: ids)
   }
 
-  /// The teacher's class-token features [N, C].
+  /// The teacher's class-token features [N, C]. Rows the `cached` features of the pretraining run hold are copied
+  /// from them (the same teacher, size, data and preprocessing: TeacherFeatureCache), the others computed.
   public static func teacher(_ teacher: any Teacher, images: EvalImages, indices: [Int], imageSize: Int,
-                             batch: Int = 64) throws -> Tensor {
+                             batch: Int = 64, cached: TeacherFeatureCache? = nil,
+                             progress: ProgressLog? = nil) throws -> Tensor {
     let c = teacher.featureDim
     let out = Tensor(uninitialized: [indices.count, c])
-    for s in stride(from: 0, to: indices.count, by: batch) {
-      let ids = Array(indices[s..<min(s + batch, indices.count)])
-      let f = try Autograd.noGrad { teacher.encode(try images.batch(ids, size: imageSize)) }.features
+    var missing: [Int] = []  // positions in `indices`
+    for (p, i) in indices.enumerated() {
+      if let cached, cached.features.shape[1] == c, let r = cached.rowOf[i] {
+        (out.data + p * c).update(from: cached.features.data + r * c, count: c)
+      } else {
+        missing.append(p)
+      }
+    }
+    progress?.advance(by: indices.count - missing.count)
+    for s in stride(from: 0, to: missing.count, by: batch) {
+      let pos = Array(missing[s..<min(s + batch, missing.count)])
+      let f = try Autograd.noGrad { teacher.encode(try images.batch(pos.map { indices[$0] }, size: imageSize)) }.features
       let l = f.shape[1]
-      for r in 0..<ids.count { (out.data + (s + r) * c).update(from: f.data + r * l * c, count: c) }
+      for (r, p) in pos.enumerated() { (out.data + p * c).update(from: f.data + r * l * c, count: c) }
+      progress?.advance(by: pos.count)
     }
     return out
   }
 
   /// Raw pixels (normalised, at `imageSize`) as features, [N, 3·size²].
-  public static func pixels(images: EvalImages, indices: [Int], imageSize: Int) throws -> Tensor {
-    try images.batch(indices, size: imageSize).reshaped([indices.count, -1])
+  public static func pixels(images: EvalImages, indices: [Int], imageSize: Int,
+                            progress: ProgressLog? = nil) throws -> Tensor {
+    defer { progress?.advance(by: indices.count) }
+    return try images.batch(indices, size: imageSize).reshaped([indices.count, -1])
   }
 }

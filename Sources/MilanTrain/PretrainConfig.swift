@@ -8,6 +8,7 @@
 import Foundation
 import MilanData
 import MilanModels
+import MilanTensor
 
 public struct PretrainConfig: Codable, Sendable, Equatable {
   public enum MaskingKind: String, Codable, Sendable, CaseIterable { case semantic, random }
@@ -268,5 +269,16 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
     e.outputFormatting = [.prettyPrinted, .sortedKeys]
     e.userInfo[ViTConfig.omitImageSizeKey] = true
     return e
+  }
+}
+
+extension PretrainConfig {
+  /// The training images of the run: a subset of `trainImages` drawn with `dataSeed` (else `seed`), or all of them.
+  /// Evaluation takes its k-NN bank and probe training set from the same images.
+  public func trainingIndices(datasetCount: Int) -> [Int] {
+    var subsetRNG = SplitMix64(seed: (dataSeed ?? seed) ^ 0x5EED)
+    var pool = Array(0..<datasetCount)
+    pool.shuffle(using: &subsetRNG)
+    return Array(pool.prefix(trainImages ?? datasetCount))
   }
 }

