@@ -33,7 +33,8 @@ public struct EvaluationConfig: Codable, Sendable {
   /// (seeded); the best then trains on the whole bank and is scored on the test images. nil: `probe.blr` as given.
   /// The test images never choose anything.
   public var probeBlrCandidates: [Double]? = nil
-  public var seed: UInt64 = 123
+  public var seed: UInt64 = EvaluationConfig.defaultSeed
+  public static let defaultSeed: UInt64 = 123
   /// Unreadable images tolerated per split, as a fraction, before the evaluation stops.
   public var maxUnreadableFraction = 0.01
   public init(checkpoint: String) { self.checkpoint = checkpoint }
@@ -96,8 +97,29 @@ public enum Evaluation {
     return (best, scores)
   }
 
+  /// The k-NN bank and the probe's training set: the images the encoder was pretrained on (as in the paper, where
+  /// both are the training split it pretrained on), topped up from the rest of the training split when more are
+  /// asked for; with another data folder than the run's, a seeded draw from its training split. The test images are
+  /// a seeded draw of the test split. Returns (bank, queries, how many of the bank the run pretrained on).
+  public static func splits(run cfg: PretrainConfig, dataDir: String, train: EvalImages, test: EvalImages,
+                             trainImages: Int, testImages: Int, seed: UInt64) -> (bank: [Int], queries: [Int], fromRun: Int) {
+    var rng = SplitMix64(seed: seed)
+    var a = Array(0..<train.dataset.count), b = Array(0..<test.dataset.count)
+    a.shuffle(using: &rng)
+    b.shuffle(using: &rng)
+    let queries = Array(b.prefix(testImages))
+    let sameData = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+      == URL(fileURLWithPath: cfg.dataDir).standardizedFileURL.path
+    guard sameData else { return (Array(a.prefix(trainImages)), queries, 0) }
+    let seen = cfg.trainingIndices(datasetCount: train.dataset.count)
+    let seenSet = Set(seen)
+    let bank = Array(seen.prefix(trainImages)) + a.lazy.filter { !seenSet.contains($0) }.prefix(max(0, trainImages - seen.count))
+    return (bank, queries, min(trainImages, seen.count))
+  }
+
   /// `group`: under mpirun every process extracts its share of the features (gathered on every process), then each
   /// scores the same full feature sets (identical results); only rank 0 logs.
+
   public static func run(_ c: EvaluationConfig, group: ProcessGroup = .single,
                          log sink: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EvaluationReport {
     let (warn, log) = group.logs(sink)
@@ -109,25 +131,11 @@ public enum Evaluation {
                            warn: warn)
     let test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction,
                           warn: warn)
-    var rng = SplitMix64(seed: c.seed)
-    var a = Array(0..<train.dataset.count), b = Array(0..<test.dataset.count)
-    a.shuffle(using: &rng)
-    b.shuffle(using: &rng)
-    // The k-NN bank and the probe's training set: the images the encoder was pretrained on (as in the paper, where
-    // both are the training split it pretrained on), topped up from the rest of the training split when more are
-    // asked for. Another data folder than the run's: a seeded draw from its training split.
-    let queries = Array(b.prefix(c.testImages))
-    let bank: [Int]
-    let sameData = URL(fileURLWithPath: dataDir).standardizedFileURL.path
-      == URL(fileURLWithPath: cfg.dataDir).standardizedFileURL.path
-    if sameData {
-      let seen = cfg.trainingIndices(datasetCount: train.dataset.count)
-      let seenSet = Set(seen)
-      bank = Array(seen.prefix(c.trainImages)) + a.lazy.filter { !seenSet.contains($0) }.prefix(max(0, c.trainImages - seen.count))
-      log("k-NN bank and probe training set: \(min(c.trainImages, seen.count)) of the run's \(seen.count) pretraining images"
-        + (bank.count > seen.count ? " and \(bank.count - seen.count) more training images" : ""))
-    } else {
-      bank = Array(a.prefix(c.trainImages))
+    let (bank, queries, fromRun) = splits(run: cfg, dataDir: dataDir, train: train, test: test, trainImages: c.trainImages,
+                                          testImages: c.testImages, seed: c.seed)
+    if fromRun > 0 {
+      log("k-NN bank and probe training set: \(fromRun) of the run's pretraining images"
+        + (bank.count > fromRun ? " and \(bank.count - fromRun) more training images" : ""))
     }
     let bankLabels = train.labels(bank), queryLabels = test.labels(queries)
     let classes = max(train.classes, (bankLabels + queryLabels).max()! + 1)

@@ -222,9 +222,10 @@ public enum Report {
     }
     log("report: linear probe for the confusion matrix")
     let probed = models.first { $0.state.config.masking == .semantic && $0.state.config.model.decoder == .prompting } ?? first
-    let (matrix, top1) = try confusion(probed, train: train, test: test, c)
+    let (matrix, top1, blr) = try confusion(probed, train: train, test: test, c)
     html += SVG.confusion(matrix, classNames: classNames,
-                          title: String(format: "linear probe, %@: top-1 %.2f %%", probed.name, top1 * 100))
+                          title: String(format: "linear probe, %@ (blr %g, chosen on held-out training features): top-1 %.2f %%",
+                                        probed.name, blr, top1 * 100))
     html += footer()
 
     let out = URL(fileURLWithPath: c.output ?? root.appendingPathComponent("report.html").path)
@@ -286,12 +287,12 @@ public enum Report {
 
   /// A probe on the model's class-token features (lr chosen on held-out training features), its confusion matrix on
   /// the test images and its top-1.
-  static func confusion(_ m: Model, train: EvalImages, test: EvalImages, _ c: ReportConfig) throws -> ([[Int]], Double) {
-    var rng = SplitMix64(seed: 123)
-    var a = Array(0..<train.dataset.count), b = Array(0..<test.dataset.count)
-    a.shuffle(using: &rng)
-    b.shuffle(using: &rng)
-    let bank = Array(a.prefix(c.probeTrainImages)), queries = Array(b.prefix(c.probeTestImages))
+  static func confusion(_ m: Model, train: EvalImages, test: EvalImages, _ c: ReportConfig) throws
+    -> ([[Int]], Double, Double) {
+    // The bank and test images `milan eval` scores (its default seed).
+    let (bank, queries, _) = Evaluation.splits(run: m.state.config, dataDir: m.state.config.dataDir, train: train,
+                                               test: test, trainImages: c.probeTrainImages,
+                                               testImages: c.probeTestImages, seed: EvaluationConfig.defaultSeed)
     let size = m.state.config.imageSize
     let fb = try Features.encoder(m.model.encoder, images: train, indices: bank, imageSize: size)
     let fq = try Features.encoder(m.model.encoder, images: test, indices: queries, imageSize: size)
@@ -308,7 +309,7 @@ public enum Report {
       let pred = (0..<classes).max { row[$0] < row[$1] }!
       matrix[lq[i]][pred] += 1
     }
-    return (matrix, score.top1)
+    return (matrix, score.top1, Double(pc.blr))
   }
 
   static func summary(_ c: PretrainConfig, teacher: LoadedTeacher?, root: URL) -> String {

@@ -206,7 +206,9 @@ public final class TrainingLoop<Batch>: @unchecked Sendable {
     var logFile: FileHandle? = nil
     if lead {
       try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
-      logFile = try openLog(logURL)
+      // A fresh run starts an empty log; a resumed one keeps the lines of the iterations its checkpoint holds and
+      // drops the rest (iterations after it, which it will run again, and a line torn by a crash).
+      logFile = try openLog(logURL, keepThrough: resumed ? state.epoch * steps + state.iteration : 0)
     }
     defer { try? logFile?.close() }
     let reducer = g.size > 1 ? GradientAllReduce(group: g, parameters: parameters, bucketBytes: bucketBytes) : nil
@@ -277,8 +279,8 @@ public final class TrainingLoop<Batch>: @unchecked Sendable {
             log(String(format: "epoch %d/%d step %d loss %.4f lr %.2e %.1f img/s ETA %@", state.epoch + 1, s.epochs,
                        state.step, value, Double(optimizer.lr), rate, formatDuration(remaining)))
           }
-          record.merge(["epoch": state.epoch, "step": state.step, "loss": Double(value), "lr": Double(optimizer.lr),
-                        "images_per_s": rate]) { a, _ in a }
+          record.merge(["epoch": state.epoch, "step": state.step, "iteration": state.epoch * steps + it + 1,
+                        "loss": Double(value), "lr": Double(optimizer.lr), "images_per_s": rate]) { a, _ in a }
           if g.size > 1 { record["processes"] = g.size }
           record.merge(logFields()) { a, _ in a }
           try append(record, to: logFile!, url: logURL)
@@ -373,10 +375,22 @@ public final class TrainingLoop<Batch>: @unchecked Sendable {
     }
   }
 
-  func openLog(_ url: URL) throws -> FileHandle {
-    if !FileManager.default.fileExists(atPath: url.path),
-       !FileManager.default.createFile(atPath: url.path, contents: nil) {
-      throw TrainingError.cannotWrite(run: name, path: url.path, reason: "the file cannot be created")
+  /// Opens log.jsonl for appending, keeping only the complete lines of iterations 1...`keepThrough` (the global
+  /// iteration count, `iteration`; lines written before that field existed are kept by their optimizer `step`).
+  /// The kept lines are written atomically (temporary file, then rename): a crash here leaves the old log or the new.
+  func openLog(_ url: URL, keepThrough: Int) throws -> FileHandle {
+    var kept = Data()
+    if keepThrough > 0, let old = FileManager.default.contents(atPath: url.path) {
+      for line in old.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else { continue }
+        let n = (obj["iteration"] as? Int) ?? (obj["step"] as? Int) ?? Int.max
+        if n <= keepThrough { kept += Data(line) + Data("\n".utf8) }
+      }
+    }
+    do {
+      try kept.write(to: url, options: .atomic)
+    } catch {
+      throw TrainingError.cannotWrite(run: name, path: url.path, reason: osErrorDescription(error))
     }
     do {
       let h = try FileHandle(forWritingTo: url)

@@ -104,12 +104,31 @@ extension PretrainerTests {
     first.shouldStop = { calls += 1; return calls == 4 }
     let stopped = try first.run()
     #expect(first.interrupted && stopped.epoch == 1 && stopped.iteration == 1 && stopped.step == 4)
+    // As if the process had logged iteration 5 and died (kill -9) while writing iteration 6's line.
+    let logB = b.appendingPathComponent("log.jsonl")
+    let h = try FileHandle(forWritingTo: logB)
+    try h.seekToEnd()
+    try h.write(contentsOf: Data("{\"epoch\":1,\"iteration\":5,\"loss\":9,\"step\":5}\n{\"epoch\":1,\"itera".utf8))
+    try h.close()
     let second = try Pretrainer(tinyConfig(b, epochs: 2), log: { _ in })
     second.shouldStop = { false }
     let finalB = try second.run(from: try Checkpoint.load(into: second.model, optimizer: second.optimizer, from: b))
     #expect(finalB.step == finalA.step && finalB.lastLoss == finalA.lastLoss && finalB.rng == finalA.rng)
     #expect(try Data(contentsOf: a.appendingPathComponent("model.safetensors"))
       == Data(contentsOf: b.appendingPathComponent("model.safetensors")))
+    // The resumed log holds every iteration once, with the uninterrupted run's losses; no torn line.
+    func iterations(_ dir: URL) throws -> [(Int, Double)] {
+      try String(contentsOf: dir.appendingPathComponent("log.jsonl"), encoding: .utf8).split(separator: "\n").map {
+        let o = try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        return (o["iteration"] as! Int, o["loss"] as! Double)
+      }
+    }
+    let la = try iterations(a), lb = try iterations(b)
+    #expect(la.map(\.0) == Array(1...6) && lb.map(\.0) == Array(1...6), "\(lb.map(\.0))")
+    #expect(la.map(\.1) == lb.map(\.1))
+    // A fresh run into an existing folder starts a new log.
+    _ = try Pretrainer(tinyConfig(a, epochs: 1), log: { _ in }).run()
+    #expect(try iterations(a).map(\.0) == [1, 2, 3])
   }
 }
 
