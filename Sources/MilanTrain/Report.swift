@@ -224,8 +224,8 @@ public enum Report {
     let probed = models.first { $0.state.config.masking == .semantic && $0.state.config.model.decoder == .prompting } ?? first
     let (matrix, top1, blr) = try confusion(probed, train: train, test: test, c)
     html += SVG.confusion(matrix, classNames: classNames,
-                          title: String(format: "linear probe, %@ (blr %g, chosen on held-out training features): top-1 %.2f %%",
-                                        probed.name, blr, top1 * 100))
+                          title: String(format: "linear probe, %@: top-1 %.2f %% (blr %g, held-out)", probed.name,
+                                        top1 * 100, blr))
     html += footer()
 
     let out = URL(fileURLWithPath: c.output ?? root.appendingPathComponent("report.html").path)

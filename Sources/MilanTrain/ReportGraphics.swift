@@ -99,7 +99,8 @@ enum SVG {
   /// A confusion matrix (rows: true class, columns: predicted) with counts, shaded by row share.
   static func confusion(_ m: [[Int]], classNames: [String], title: String) -> String {
     let k = m.count, cell = 34.0, left = 92.0, top = 96.0
-    let width = Int(left + Double(k) * cell + 10), height = Int(top + Double(k) * cell + 10)
+    // Wide enough for the grid and for the title (13 px bold sans-serif: under 8 px per character).
+    let width = max(Int(left + Double(k) * cell + 10), 8 * title.count + 8), height = Int(top + Double(k) * cell + 10)
     var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" class=\"plot\" "
       + "font-family=\"sans-serif\" font-size=\"10\">"
     s += "<text x=\"4\" y=\"14\" font-size=\"13\" font-weight=\"bold\">\(esc(title))</text>"
