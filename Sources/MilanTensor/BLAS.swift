@@ -18,10 +18,11 @@ public enum BLAS {
   }()
 
   /// GEMM tasks per worker thread. More tasks balance better when another process takes a core; fewer repack
-  /// the shared operand less often. `MILAN_GEMM_TASKS` overrides.
+  /// the shared operand less often. `MILAN_GEMM_TASKS` overrides. 1 since 2026-11-30: on the Zen 4 machine 2 tasks
+  /// cost 4–6 % of the teachers' and the paper step's time (each task packs the weights again).
   nonisolated(unsafe) public static var tasksPerThread: Int = {
     if let s = ProcessInfo.processInfo.environment["MILAN_GEMM_TASKS"], let n = Int(s), n > 0 { return n }
-    return 2
+    return 1
   }()
 
   /// Whether GEMMs with a long inner dimension split K across threads (`MILAN_GEMM_SPLITK=0` turns it off).

@@ -146,6 +146,8 @@ struct MilanBench: ParsableCommand {
   var only: String?
   @Option(help: "Run only the MILAN-step configuration of this name (one per process keeps max RSS per config).")
   var step: String?
+  @Option(help: "A/B one lever inside the step rows, alternating call by call in this process (both sides see the same load): gemm-tasks (on: 1 task per thread, off: 2). Prints both sides' step and phase medians and skips the normal row.")
+  var ab: String?
   @Flag(help: "Skip the MILAN-step rows (bench/run.sh runs each in its own process).")
   var noSteps = false
   @Flag(help: "Measure the FMA peak only (bench/run.sh does before each PyTorch run).")
@@ -402,6 +404,37 @@ struct MilanBench: ParsableCommand {
         opt.zeroGrad()
         mark("optimizer")
         calls.append(current)
+      }
+      if let ab {
+        // Lever A/B: setting 0 and setting 1 alternate call by call (3 warm-ups each, then 8 calls each).
+        func set(_ on: Bool) throws {
+          switch ab {
+          case "gemm-tasks": BLAS.tasksPerThread = on ? 1 : 2
+          default: throw ValidationError("--ab: unknown lever \(ab) (gemm-tasks)")
+          }
+        }
+        var byState: [[[String: Double]]] = [[], []]
+        var totals: [[Double]] = [[], []]
+        for i in 0..<22 {
+          let on = i % 2 == 1
+          try set(on)
+          let t0 = now()
+          body()
+          if i >= 6 {
+            totals[on ? 1 : 0].append((now() - t0) * 1e3)
+            byState[on ? 1 : 0].append(calls.last!)
+          }
+        }
+        for st in 0..<2 {
+          let t = totals[st].sorted()
+          var line = String(format: "%@ %@: step best %.0f median %.0f ms;", ab, st == 1 ? "on" : "off", t[0], t[t.count / 2])
+          for key in ["teacher", "encoder", "decoder", "backward", "optimizer"] {
+            let v = byState[st].compactMap { $0[key] }.sorted()
+            line += String(format: " %@ %.0f", key, v[v.count / 2])
+          }
+          print(line)
+        }
+        continue
       }
       record("milan_step", conf, flops: work.total, body)
       var r = results[results.count - 1]
