@@ -182,7 +182,8 @@ def family_tables(add, swift, torch, order):
         for _, c in keys:
             if c not in confs:
                 confs.append(c)
-        keys.sort(key=lambda k: (confs.index(k[1]), keys.index(k)))
+        first_seen = list(keys)
+        keys.sort(key=lambda k: (confs.index(k[1]), first_seen.index(k)))
         has_raw = any((op + RAW_SUFFIX, c) in swift.rows for op, c in keys)
         add(f"## {title}")
         add("")
