@@ -37,6 +37,7 @@ let package = Package(
     .executable(name: "milan", targets: ["milan"]),
     .executable(name: "milan-bench", targets: ["milan-bench"]),
     .executable(name: "milan-scaling", targets: ["milan-scaling"]),
+    .executable(name: "milan-fuzz", targets: ["milan-fuzz"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -93,6 +94,12 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "bench/Sources/milan-scaling"),
+    // The mutation fuzzer over every reader of outside bytes (docs/reliability.md); a library for the smoke test.
+    .target(name: "MilanFuzz", dependencies: ["MilanIO", "MilanData", "MilanTrain", "MilanTensor", "CZlib"]),
+    .executableTarget(
+      name: "milan-fuzz",
+      dependencies: ["MilanFuzz", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      path: "fuzz/Sources/milan-fuzz"),
     // Comparison helpers and fixture paths shared by the test targets (not a product).
     .target(name: "MilanTestSupport", dependencies: ["MilanTensor"]),
     .testTarget(
@@ -109,6 +116,7 @@ let package = Package(
     .testTarget(
       name: "MilanModelsTests",
       dependencies: ["MilanModels", "MilanNN", "MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),
+    .testTarget(name: "MilanFuzzTests", dependencies: ["MilanFuzz", "MilanTestSupport"]),
     .testTarget(
       name: "MilanAutogradTests",
       dependencies: ["MilanAutograd", "MilanTensor", "MilanIO", "MilanTestSupport"]),

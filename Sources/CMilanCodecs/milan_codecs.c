@@ -52,6 +52,13 @@ static int decode_jpeg(const unsigned char *data, size_t size, milan_image *out)
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, data, (unsigned long)size);
   jpeg_read_header(&cinfo, TRUE);
+  if ((size_t)cinfo.image_width * (size_t)cinfo.image_height > MILAN_MAX_IMAGE_PIXELS) {
+    snprintf(out->error, 256, "JPEG: %ux%u = %zu pixels is over the limit of %zu (Pillow's decompression-bomb limit)",
+             cinfo.image_width, cinfo.image_height, (size_t)cinfo.image_width * cinfo.image_height,
+             (size_t)MILAN_MAX_IMAGE_PIXELS);
+    jpeg_destroy_decompress(&cinfo);
+    return 3;
+  }
   int cmyk = 0;
   switch (cinfo.jpeg_color_space) {
     case JCS_GRAYSCALE: cinfo.out_color_space = JCS_GRAYSCALE; break;
@@ -127,6 +134,17 @@ static void png_error_fn(png_structp png, png_const_charp msg) {
 static void png_warning_fn(png_structp png, png_const_charp msg) { (void)png; (void)msg; }
 
 static int decode_png(const unsigned char *data, size_t size, milan_image *out) {
+  // The size from IHDR (always the first chunk, at a fixed offset), before libpng reads further chunks or allocates:
+  // a decompression bomb is refused from its first 24 bytes.
+  if (size >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
+    size_t w = (size_t)data[16] << 24 | (size_t)data[17] << 16 | (size_t)data[18] << 8 | data[19];
+    size_t h = (size_t)data[20] << 24 | (size_t)data[21] << 16 | (size_t)data[22] << 8 | data[23];
+    if (w * h > MILAN_MAX_IMAGE_PIXELS) {
+      snprintf(out->error, 256, "PNG: %zux%zu = %zu pixels is over the limit of %zu (Pillow's decompression-bomb limit)",
+               w, h, w * h, (size_t)MILAN_MAX_IMAGE_PIXELS);
+      return 3;
+    }
+  }
   png_memory mem = {data, size, 0};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, out->error, png_error_fn, png_warning_fn);
   if (!png) {
@@ -147,7 +165,7 @@ static int decode_png(const unsigned char *data, size_t size, milan_image *out) 
   png_read_info(png, info);
   png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
   int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
-  if (w == 0 || h == 0 || (size_t)w * h > (size_t)1 << 28) png_error(png, "unsupported dimensions");
+  if (w == 0 || h == 0 || (size_t)w * h > MILAN_MAX_IMAGE_PIXELS) png_error(png, "unsupported dimensions");
   if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
   if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
   if (depth == 16) png_set_strip_16(png);

@@ -5,9 +5,11 @@ import Foundation
 public enum GzipError: Error, CustomStringConvertible, Equatable {
   case corrupt(String, detail: String)
   case truncated(String)
+  case tooLarge(String, limit: Int)
 
   public var description: String {
     switch self {
+    case .tooLarge(let what, let limit): return "gzip: \(what) decompresses to more than \(limit) bytes (the limit)"
     case .corrupt(let what, let d): return "gzip: \(what) is not valid gzip data (\(d))"
     case .truncated(let what): return "gzip: \(what) ends before the end of its compressed stream"
     }
@@ -15,8 +17,9 @@ public enum GzipError: Error, CustomStringConvertible, Equatable {
 }
 
 public enum Gzip {
-  /// Decompresses a whole gzip (or zlib) stream. `label` names the source in errors.
-  public static func decompress(_ input: Data, label: String) throws -> [UInt8] {
+  /// Decompresses a whole gzip (or zlib) stream. `label` names the source in errors. Output beyond `limit` bytes
+  /// (default 4 GiB, far above any IDX set) is refused, so a small "bomb" cannot take the machine's memory.
+  public static func decompress(_ input: Data, label: String, limit: Int = 1 << 32) throws -> [UInt8] {
     var stream = z_stream()
     // 15 + 32: zlib window with automatic gzip/zlib header detection.
     guard inflateInit2_(&stream, 15 + 32, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
@@ -24,7 +27,7 @@ public enum Gzip {
     }
     defer { inflateEnd(&stream) }
     var out = [UInt8]()
-    out.reserveCapacity(input.count * 4)
+    out.reserveCapacity(min(input.count * 4, limit))
     var chunk = [UInt8](repeating: 0, count: 1 << 20)
     try input.withUnsafeBytes { (src: UnsafeRawBufferPointer) in
       guard let base = src.baseAddress else { throw GzipError.truncated(label) }
@@ -37,6 +40,7 @@ public enum Gzip {
           return inflate(&stream, Z_NO_FLUSH)
         }
         let produced = chunk.count - Int(stream.avail_out)
+        guard out.count + produced <= limit else { throw GzipError.tooLarge(label, limit: limit) }
         out.append(contentsOf: chunk[0..<produced])
         switch status {
         case Z_STREAM_END: return

@@ -13,7 +13,8 @@ public enum IDXError: Error, CustomStringConvertible, Equatable {
     case .unreadable(let p, let r): return "idx: cannot read '\(p)': \(r)"
     case .badMagic(let p, let f, let e):
       return "idx: '\(p)' has magic 0x\(String(f, radix: 16)), expected 0x\(String(e, radix: 16)) — not an IDX file of this kind"
-    case .sizeMismatch(let p, let e, let f): return "idx: '\(p)' should hold \(e) data bytes after its header but holds \(f)"
+    case .sizeMismatch(let p, let e, let f):
+      return "idx: '\(p)' should hold \(e == Int.max ? "more than 2^63" : String(e)) data bytes after its header (its dimensions) but holds \(f)"
     case .countMismatch(let i, let l): return "idx: \(i) images but \(l) labels"
     }
   }
@@ -58,7 +59,15 @@ public struct IDXDataset: Sendable {
     }
     guard u32(0) == magic else { throw IDXError.badMagic(path: url.path, found: u32(0), expected: magic) }
     let dims = (0..<rank).map { Int(u32(4 + 4 * $0)) }
-    let n = dims.reduce(1, *)
+    // Each dimension is a u32, so their product can overflow Int: such a header cannot match the file's size.
+    var n = 1
+    for d in dims {
+      let (p, overflow) = n.multipliedReportingOverflow(by: d)
+      guard !overflow else {
+        throw IDXError.sizeMismatch(path: url.path, expected: Int.max, found: bytes.count - header)
+      }
+      n = p
+    }
     guard bytes.count - header == n else {
       throw IDXError.sizeMismatch(path: url.path, expected: n, found: bytes.count - header)
     }

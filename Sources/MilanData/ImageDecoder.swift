@@ -29,9 +29,12 @@ public enum ImageDecodeError: Error, CustomStringConvertible, Equatable {
   case unreadable(path: String, reason: String)
   case corrupt(path: String, reason: String)
   case unsupportedFormat(path: String, reason: String)
+  /// Over the pixel limit (a decompression bomb or a picture far larger than training needs).
+  case tooLarge(path: String, reason: String)
 
   public var description: String {
     switch self {
+    case .tooLarge(let p, let r): return "image too large \(p): \(r)"
     case .unreadable(let p, let r): return "cannot read image \(p): \(r)"
     case .corrupt(let p, let r): return "corrupt image \(p): \(r)"
     case .unsupportedFormat(let p, let r): return "unsupported image \(p): \(r)"
@@ -56,6 +59,7 @@ public enum ImageDecoder {
       let pixels = Array(UnsafeBufferPointer(start: img.pixels, count: n))
       return DecodedImage(width: Int(img.width), height: Int(img.height), channels: Int(img.channels), pixels: pixels)
     case 2: throw ImageDecodeError.unsupportedFormat(path: path, reason: message)
+    case 3: throw ImageDecodeError.tooLarge(path: path, reason: message)
     default: throw ImageDecodeError.corrupt(path: path, reason: message)
     }
   }

@@ -17,9 +17,13 @@ public enum ImageFolderError: Error, CustomStringConvertible, Equatable {
   case notADirectory(String)
   case noClasses(String)
   case noImages(String)
+  case emptyClasses(root: String, classes: [String])
 
   public var description: String {
     switch self {
+    case .emptyClasses(let root, let classes):
+      return "image folder \(root): no .jpg, .jpeg or .png file in the class folder(s) \(classes.joined(separator: ", ")) "
+        + "(remove them or add images; torchvision's ImageFolder refuses them too)"
     case .notADirectory(let p): return "image folder \(p) does not exist or is not a directory"
     case .noClasses(let p): return "image folder \(p) has no class sub-folders (expected root/<class>/<image>.jpg|png)"
     case .noImages(let p): return "image folder \(p) has class folders but no .jpg, .jpeg or .png files in them"
@@ -36,6 +40,8 @@ public struct ImageFolder: ImageDataset {
   public let labels: [Int]
   /// Regular files skipped because of their extension (torchvision's ImageFolder ignores them too).
   public let ignoredFiles: [String]
+  /// Entries not walked, with the reason: symlink loops, folders that cannot be listed, special files.
+  public let skippedEntries: [String]
 
   public init(root: URL) throws {
     let fm = FileManager.default
@@ -50,26 +56,62 @@ public struct ImageFolder: ImageDataset {
         && d.boolValue
     }
     guard !classes.isEmpty else { throw ImageFolderError.noClasses(root.path) }
-    var paths: [String] = [], labels: [Int] = [], ignored: [String] = []
+    var paths: [String] = [], labels: [Int] = [], ignored: [String] = [], skipped: [String] = [], empty: [String] = []
     for (label, name) in classes.enumerated() {
-      let dir = root.appendingPathComponent(name)
-      guard let walker = fm.enumerator(at: dir, includingPropertiesForKeys: [.isRegularFileKey]) else { continue }
       var files: [String] = []
-      for case let url as URL in walker {
-        guard (try? url.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true else { continue }
-        if Self.extensions.contains(url.pathExtension.lowercased()) { files.append(url.path) } else { ignored.append(url.path) }
-      }
+      Self.walk(root.appendingPathComponent(name), files: &files, ignored: &ignored, skipped: &skipped, visited: [])
+      if files.isEmpty { empty.append(name) }
       for f in files.sorted() {
         paths.append(f)
         labels.append(label)
       }
     }
     guard !paths.isEmpty else { throw ImageFolderError.noImages(root.path) }
+    guard empty.isEmpty else { throw ImageFolderError.emptyClasses(root: root.path, classes: empty) }
     self.root = root
     classNames = classes
     self.paths = paths
     self.labels = labels
     ignoredFiles = ignored.sorted()
+    skippedEntries = skipped.sorted()
+  }
+
+  /// Walks `dir` as torchvision's `os.walk(followlinks=True)` does — symlinked files and folders are followed — but
+  /// a folder already on the current path (a symlink loop) is skipped and reported instead of walked forever, and
+  /// only regular files are taken (a FIFO named x.jpg would block its reader). A name with an image extension whose
+  /// target is missing (a dangling link) is kept: loading it fails, and it is skipped and counted like a corrupt file.
+  static func walk(_ dir: URL, files: inout [String], ignored: inout [String], skipped: inout [String],
+                   visited: Set<String>) {
+    let real = dir.resolvingSymlinksInPath().path
+    guard !visited.contains(real) else {
+      skipped.append("\(dir.path): a symlink loop (it leads back to \(real))")
+      return
+    }
+    let names: [String]
+    do {
+      names = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
+    } catch {
+      skipped.append("\(dir.path): cannot be listed (\((error as NSError).localizedDescription))")
+      return
+    }
+    let inside = visited.union([real])
+    for name in names {
+      let url = dir.appendingPathComponent(name)
+      var st = stat()
+      guard stat(url.path, &st) == 0 else {
+        // A dangling link (or a race): an image name is kept and fails at load; anything else is ignored.
+        if extensions.contains(url.pathExtension.lowercased()) { files.append(url.path) } else { ignored.append(url.path) }
+        continue
+      }
+      switch st.st_mode & S_IFMT {
+      case S_IFDIR:
+        walk(url, files: &files, ignored: &ignored, skipped: &skipped, visited: inside)
+      case S_IFREG:
+        if extensions.contains(url.pathExtension.lowercased()) { files.append(url.path) } else { ignored.append(url.path) }
+      default:
+        skipped.append("\(url.path): not a regular file")
+      }
+    }
   }
 
   public var count: Int { paths.count }

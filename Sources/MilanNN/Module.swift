@@ -61,6 +61,14 @@ extension Module {
     }
   }
 
+  /// `load` for tensors read from `file`: a mismatch names the file.
+  public func load(_ tensors: [String: Tensor], file: String, strict: Bool = true) throws {
+    do { try load(tensors, strict: strict) } catch var e as LoadError {
+      e.file = file
+      throw e
+    }
+  }
+
   /// The parameters as (key, tensor) pairs, in declaration order.
   public func stateDict() -> [(String, Tensor)] { namedParameters().map { ($0.0, $0.1.value) } }
 }
@@ -70,11 +78,14 @@ public struct LoadError: Error, CustomStringConvertible, Equatable {
   public var missing: [String]
   public var unexpected: [String]
   public var mismatched: [String]
+  /// The weights file, when the caller knows it (named first in the message).
+  public var file: String?
 
-  public init(missing: [String], unexpected: [String], mismatched: [String]) {
+  public init(missing: [String], unexpected: [String], mismatched: [String], file: String? = nil) {
     self.missing = missing
     self.unexpected = unexpected
     self.mismatched = mismatched
+    self.file = file
   }
 
   public var description: String {
@@ -85,7 +96,7 @@ public struct LoadError: Error, CustomStringConvertible, Equatable {
     if !missing.isEmpty { parts.append("missing \(missing.count): \(list(missing))") }
     if !unexpected.isEmpty { parts.append("unexpected \(unexpected.count): \(list(unexpected))") }
     if !mismatched.isEmpty { parts.append("wrong shape \(mismatched.count): \(list(mismatched))") }
-    return "weights do not match the model — " + parts.joined(separator: "; ")
+    return (file.map { "\($0): " } ?? "") + "weights do not match the model — " + parts.joined(separator: "; ")
   }
 }
 

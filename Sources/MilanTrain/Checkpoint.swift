@@ -39,6 +39,8 @@ public enum Checkpoint {
 
   /// Loads weights, optimizer moments and the training state saved by `save`.
   public static func load(into model: MILANModel, optimizer: AdamW, from dir: URL) throws -> TrainState {
+    // A save a crash interrupted is finished (or its leftovers removed) first.
+    for line in try StagedFile.recover(in: dir) { FileHandle.standardError.write("checkpoint: \(line)\n".data(using: .utf8)!) }
     let state = try TrainState.read(dir)
     let mf = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors"))
     let of = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("optimizer.safetensors"))
@@ -52,13 +54,14 @@ public enum Checkpoint {
     }
     var weights: [String: Tensor] = [:]
     for t in mf.tensors { weights[t.name] = try mf.tensor(t.name) }
-    try model.load(weights)
+    try model.load(weights, file: dir.appendingPathComponent("model.safetensors").path)
     var moments: [String: (expAvg: Tensor, expAvgSq: Tensor)] = [:]
     for (k, p) in model.trainableParameters() {
       guard (try? of.info(k + ".exp_avg")) != nil else { continue }
       let m = try of.tensor(k + ".exp_avg"), v = try of.tensor(k + ".exp_avg_sq")
       guard m.shape == p.shape, v.shape == p.shape else {
-        throw LoadError(missing: [], unexpected: [], mismatched: ["\(k) optimizer state \(m.shape) vs \(p.shape)"])
+        throw LoadError(missing: [], unexpected: [], mismatched: ["\(k) optimizer state \(m.shape) vs \(p.shape)"],
+                        file: dir.appendingPathComponent("optimizer.safetensors").path)
       }
       moments[k] = (m, v)
     }

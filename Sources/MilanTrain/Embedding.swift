@@ -78,7 +78,7 @@ public enum Embedding {
       }
       let m = MILANModel(cfg.model)
       let url = URL(fileURLWithPath: dir).appendingPathComponent("model.safetensors")
-      try m.load(try SafeTensorsFile(contentsOf: url).tensors())
+      try m.load(try SafeTensorsFile(contentsOf: url).tensors(), file: url.path)
       return (encoderModel(m.encoder, "MILAN encoder of \(dir) (epoch \(state.epoch))", size: c.imageSize ?? cfg.imageSize),
               cfg.dataDir)
     case .encoderFile(let path):

@@ -143,7 +143,7 @@ public enum Evaluation {
 
     let weights = try SafeTensorsFile(contentsOf: ckpt.appendingPathComponent("model.safetensors"))
     let milan = MILANModel(cfg.model)
-    try milan.load(try weights.tensors())
+    try milan.load(try weights.tensors(), file: ckpt.appendingPathComponent("model.safetensors").path)
     let loaded = try RunTeacher.load(cfg, override: c.teacherPath, log: log)
     let teacher = loaded?.teacher, teacherSize = loaded.map { RunTeacher.inputSize($0.spec, cfg) } ?? 0
 

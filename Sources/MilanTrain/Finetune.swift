@@ -195,6 +195,7 @@ public final class Finetuner: @unchecked Sendable {
     var trainLoss = 0.0
     var start = LoopState(rng: rng)
     if resume {
+      for line in try StagedFile.recover(in: out) { log("checkpoint: \(line)") }
       let url = out.appendingPathComponent("finetune-state.json")
       let s: FinetuneState
       do { s = try JSONDecoder().decode(FinetuneState.self, from: Data(contentsOf: url)) } catch {

@@ -229,16 +229,16 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
   /// Checks that the numbers make sense together; the message names the field.
   public func validate() throws {
     func bad(_ m: String) -> PretrainError { .invalidConfig(m) }
-    guard epochs > 0 else { throw bad("epochs must be positive (got \(epochs))") }
-    guard batchSize > 0, accumulation > 0, processes > 0 else {
-      throw bad("batchSize, accumulation and processes must be positive")
-    }
-    guard maskRatio >= 0 && maskRatio < 1 else { throw bad("maskRatio must be in [0, 1) (got \(maskRatio))") }
-    guard blr > 0 else { throw bad("blr must be positive (got \(blr))") }
+    guard epochs > 0 else { throw bad("epochs (--epochs) must be positive (got \(epochs))") }
+    guard batchSize > 0 else { throw bad("batchSize (--batch-size) must be positive (got \(batchSize))") }
+    guard accumulation > 0 else { throw bad("accumulation (--accumulation) must be positive (got \(accumulation))") }
+    guard processes > 0 else { throw bad("processes must be positive (got \(processes))") }
+    guard maskRatio >= 0 && maskRatio < 1 else { throw bad("maskRatio (--mask-ratio) must be in [0, 1) (got \(maskRatio))") }
+    guard blr > 0 else { throw bad("blr (--blr) must be positive (got \(blr))") }
     guard minLR >= 0 else { throw bad("minLR must not be negative (got \(minLR))") }
-    guard warmupEpochs >= 0 && warmupEpochs <= Double(epochs) else { throw bad("warmupEpochs must be in [0, epochs]") }
-    if let g = gradClip { guard g > 0 else { throw bad("gradClip must be positive (got \(g))") } }
-    if let n = trainImages { guard n > 0 else { throw bad("trainImages must be positive (got \(n))") } }
+    guard warmupEpochs >= 0 && warmupEpochs <= Double(epochs) else { throw bad("warmupEpochs (--warmup-epochs) must be in [0, epochs] (got \(warmupEpochs) with \(epochs) epochs)") }
+    if let g = gradClip { guard g > 0 else { throw bad("gradClip (--grad-clip) must be positive (got \(g))") } }
+    if let n = trainImages { guard n > 0 else { throw bad("trainImages (--train-images) must be positive (got \(n))") } }
     guard cropScale.count == 2, cropScale[0] > 0, cropScale[0] <= cropScale[1], cropScale[1] <= 1 else {
       throw bad("cropScale must be [lo, hi] with 0 < lo ≤ hi ≤ 1 (got \(cropScale))")
     }
@@ -246,19 +246,19 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
       throw bad("cropRatio must be [lo, hi] with 0 < lo ≤ hi (got \(cropRatio))")
     }
     guard maxUnreadableFraction >= 0 && maxUnreadableFraction <= 1 else {
-      throw bad("maxUnreadableFraction must be in [0, 1]")
+      throw bad("maxUnreadableFraction (--max-unreadable) must be in [0, 1] (got \(maxUnreadableFraction))")
     }
     let p = model.encoder.patchSize
     guard p > 0, imageSize > 0, imageSize % p == 0 else {
-      throw bad("imageSize \(imageSize) must be a positive multiple of the patch size \(p)")
+      throw bad("imageSize (--image-size) \(imageSize) must be a positive multiple of the patch size \(p) (--patch-size)")
     }
     guard model.encoder.imageSize == imageSize else {
       throw bad("imageSize \(imageSize) must equal model.encoder.imageSize \(model.encoder.imageSize)")
     }
     guard Masking.lenKeep(patches: model.encoder.numPatches, maskRatio: maskRatio) >= 1 else {
-      throw bad("maskRatio \(maskRatio) keeps no patch of the \(model.encoder.numPatches)")
+      throw bad("maskRatio (--mask-ratio) \(maskRatio) keeps no patch of the \(model.encoder.numPatches)")
     }
-    if let t = teacherImageSize { guard t > 0 else { throw bad("teacherImageSize must be positive (got \(t))") } }
+    if let t = teacherImageSize { guard t > 0 else { throw bad("teacherImageSize (--teacher-image-size) must be positive (got \(t))") } }
     do { try model.validate() } catch { throw bad("\(error)") }
   }
 

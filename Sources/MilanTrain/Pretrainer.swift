@@ -103,6 +103,8 @@ public final class Pretrainer: @unchecked Sendable {
     if let folder = data as? ImageFolder {
       self.log("data: \(folder.count) images in \(folder.classNames.count) classes under \(folder.root.path)"
         + (folder.ignoredFiles.isEmpty ? "" : " (\(folder.ignoredFiles.count) files of other types ignored)"))
+      for entry in folder.skippedEntries.prefix(5) { warn("data: skipped \(entry)") }
+      if folder.skippedEntries.count > 5 { warn("data: \(folder.skippedEntries.count - 5) more entries skipped") }
     }
     if c.augment == nil { c.augment = !(data is IDXDataset) }
 

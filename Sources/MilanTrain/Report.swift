@@ -256,7 +256,8 @@ public enum Report {
   static func load(_ dir: URL, name: String) throws -> Model {
     let state = try TrainState.read(dir)
     let model = MILANModel(state.config.model)
-    try model.load(try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors")).tensors())
+    try model.load(try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors")).tensors(),
+                   file: dir.appendingPathComponent("model.safetensors").path)
     return Model(name: name, dir: dir, state: state, model: model)
   }
 

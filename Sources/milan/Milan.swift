@@ -24,9 +24,14 @@ struct Milan: ParsableCommand {
       if let g = ProcessGroup.ifCreated, g.usesMPI, g.size > 1, !(error is CleanExit) {
         let message = fullMessage(for: error)
         FileHandle.standardError.write(Data("rank \(g.rank): \(message)\n".utf8))
-        g.abort(exitCode(for: error).rawValue == 0 ? 1 : exitCode(for: error).rawValue)
+        g.abort(1)
       }
-      exit(withError: error)
+      // --help and --version end with status 0 as ArgumentParser prints them; every error — a bad flag, a bad
+      // value, a bad file, a failed run — prints its message and ends with status 1 (ArgumentParser's own default
+      // for usage errors would be 64).
+      if error is CleanExit || exitCode(for: error) == .success { exit(withError: error) }
+      FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+      Foundation.exit(1)
     }
   }
 }

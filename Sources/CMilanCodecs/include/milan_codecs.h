@@ -10,7 +10,12 @@ typedef struct {
   char error[256];               // the decoder's message when the call fails
 } milan_image;
 
-// Returns 0 on success. Detects JPEG / PNG from the first bytes (returns 2 for an unknown format).
+// Images over this many pixels are refused before any pixel buffer is allocated: Pillow's decompression-bomb
+// error threshold (2 × Image.MAX_IMAGE_PIXELS = 2 × 89,478,485).
+#define MILAN_MAX_IMAGE_PIXELS 178956970u
+
+// Returns 0 on success. Detects JPEG / PNG from the first bytes (returns 2 for an unknown format, 3 for an image
+// over MILAN_MAX_IMAGE_PIXELS, 1 for anything else that fails).
 // Conversions follow Pillow's `Image.convert("RGB")` / mode "L": alpha is dropped (not composited), palettes are
 // expanded, JPEG YCbCr goes through libjpeg's own colour conversion, CMYK/YCCK JPEGs are converted as Pillow does
 // (read as inverted CMYK, R = (255 - K) - MULDIV255(C, 255 - K)), 16-bit RGB keeps the high byte (as Pillow).

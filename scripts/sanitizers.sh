@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test suite's representative part under AddressSanitizer and ThreadSanitizer: the C kernels (SIMD row and
+# element-wise bodies, AdamW, FMA loop), the codecs (libjpeg-turbo / libpng error paths through setjmp/longjmp),
+# every reader of outside bytes (safetensors, ONNX, IDX, gzip, JSON; the fuzz smoke pass), staged checkpoint files,
+# the GEMM split across threads, the buffer pool, and a folder pretraining run with its background image decoder.
+# Each sanitizer builds in its own folder (.build-address, .build-thread; debug, as sanitizers need) and ends with a
+# summary line; a finding makes the test fail (ASan aborts, TSan is made fatal by halt_on_error).
+#   bash scripts/sanitizers.sh [address|thread]...     (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+which=("${@:-address thread}")
+filter='KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
+for s in ${which[*]}; do
+  dir=.build-$s
+  echo "sanitizers: building with --sanitize=$s in $dir"
+  swift build --build-tests --sanitize="$s" --scratch-path "$dir" 2>&1 | tail -2
+  echo "sanitizers: testing ($filter)"
+  start=$(date +%s)
+  set +e
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    swift test --skip-build --sanitize="$s" --scratch-path "$dir" --filter "$filter" > "/tmp/milan-$s.log" 2>&1
+  status=$?
+  set -e
+  grep -E "Test run with|✘|ERROR: (Address|Thread)Sanitizer|WARNING: ThreadSanitizer" "/tmp/milan-$s.log" | head -20 || true
+  echo "sanitizers: $s: exit $status in $(( $(date +%s) - start )) s (log /tmp/milan-$s.log)"
+  [ "$status" = 0 ] || exit "$status"
+done
