@@ -15,26 +15,31 @@ MILAN=${MILAN:-.build/release/milan}
 TEACHER=$(bash scripts/fetch-teacher.sh)
 work=$(mktemp -d /tmp/milan-kill9.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-args=(pretrain --teacher "$TEACHER" --train-images 256 --batch-size 32 --epochs 4 --warmup-epochs 1 --no-report)
+args=(pretrain --teacher "$TEACHER" --train-images 256 --batch-size 32 --epochs 16 --warmup-epochs 1 --no-report)
+resume_args=(pretrain --teacher "$TEACHER" --no-report --resume)
 
 echo "kill9: reference run (uninterrupted)"
 "$MILAN" "${args[@]}" -o "$work/ref" > "$work/ref.log" 2>&1
 
-run="$work/run"
-kills=0; resumes=0; fresh=0; in_staging=0; in_commit=0; random_kills=0; torn=0; finished=0; attempt=0
+kills=0; resumes=0; fresh=0; in_staging=0; in_commit=0; random_kills=0; torn=0; attempt=0; runs=0
 rnd() { python3 -c "import random,sys; random.seed($1); print(random.uniform($2,$3))"; }
+# Runs until KILLS kills have landed: each run is killed and resumed until it finishes, then checked.
+while [ $kills -lt "$KILLS" ]; do
+runs=$((runs + 1))
+run="$work/run$runs"
+finished=0
 while [ $finished = 0 ]; do
   attempt=$((attempt + 1))
-  if [ -f "$run/state.json" ]; then cmd=(--resume); resumes=$((resumes + 1)); else cmd=(); fresh=$((fresh + 1)); fi
+  if [ -f "$run/state.json" ] || [ -f "$run/.milan-commit.json" ]; then cmd=("${resume_args[@]}"); resumes=$((resumes + 1)); else cmd=("${args[@]}"); fresh=$((fresh + 1)); fi
   if [ $kills -ge "$KILLS" ]; then
     # Enough kills: let this one finish.
-    "$MILAN" "${args[@]}" -o "$run" "${cmd[@]}" > "$work/last.log" 2>&1 || { echo "kill9: the final resume failed"; cat "$work/last.log"; exit 1; }
+    "$MILAN" "${cmd[@]}" -o "$run" > "$work/last.log" 2>&1 || { echo "kill9: the final resume failed"; cat "$work/last.log"; exit 1; }
     finished=1
     break
   fi
   mode=$((attempt % 4))  # 0: random time, 1: during staging, 2: between the commit's renames, 3: random + torn files
   MILAN_TEST_COMMIT_PAUSE_MS=$([ $mode = 2 ] && echo 150 || echo 0) \
-    "$MILAN" "${args[@]}" -o "$run" "${cmd[@]}" > "$work/attempt.$attempt.log" 2>&1 &
+    "$MILAN" "${cmd[@]}" -o "$run" > "$work/attempt.$attempt.log" 2>&1 &
   pid=$!
   case $mode in
     1|2)
@@ -44,7 +49,7 @@ while [ $finished = 0 ]; do
         if compgen -G "$run/$pattern" > /dev/null || ! kill -0 $pid 2>/dev/null; then break; fi
         sleep 0.005
       done ;;
-    *) sleep "$(rnd $attempt 0.3 8)" ;;
+    *) sleep "$(rnd $attempt 0.3 12)" ;;
   esac
   if kill -9 $pid 2>/dev/null; then
     wait $pid 2>/dev/null || true
@@ -53,19 +58,31 @@ while [ $finished = 0 ]; do
     [ $mode = 1 ] && in_staging=$((in_staging + 1)); [ $mode = 2 ] && in_commit=$((in_commit + 1))
     [ $mode = 0 ] || [ $mode = 3 ] && random_kills=$((random_kills + 1))
     if [ $mode = 3 ] && [ -f "$run/log.jsonl" ]; then
-      # Power loss: the unsynced end of the log and any temporary file lose their last bytes.
-      size=$(stat -c %s "$run/log.jsonl"); cut=$(( size > 40 ? size - 17 : 0 ))
+      # Power loss: what was not fsync'ed loses its last bytes — the end of the log past the lines the checkpoint
+      # holds (the log is fsync'ed before every checkpoint) and any temporary file.
+      durable=$(python3 -c "
+import json, os
+d = '$run'
+try:
+    s = json.load(open(os.path.join(d, 'state.json'))); keep = s['epoch'] * 8 + s['iteration']  # 8 iterations an epoch: 256 images, batch 32
+except Exception:
+    keep = 0
+n = 0
+for i, line in enumerate(open(os.path.join(d, 'log.jsonl'), 'rb')):
+    if i >= keep: break
+    n += len(line)
+print(n)")
+      size=$(stat -c %s "$run/log.jsonl"); cut=$(( size - 17 > durable ? size - 17 : durable ))
       truncate -s $cut "$run/log.jsonl"
       for f in "$run"/*.tmp-*; do [ -f "$f" ] && truncate -s $(( $(stat -c %s "$f") / 2 )) "$f"; done
       torn=$((torn + 1)); where="$where, then tore log.jsonl and the temporary files"
     fi
-    echo "kill9: kill $kills ($where); checkpoint at step $(python3 -c "import json;print(json.load(open('$run/state.json'))['loop']['step'])" 2>/dev/null || echo none)"
+    echo "kill9: kill $kills ($where); checkpoint at step $(python3 -c "import json;print(json.load(open('$run/state.json'))['step'])" 2>/dev/null || echo none)"
   else
     wait $pid || { echo "kill9: attempt $attempt failed on its own"; cat "$work/attempt.$attempt.log"; exit 1; }
     finished=1
   fi
 done
-
 cmp "$work/ref/model.safetensors" "$run/model.safetensors" || { echo "kill9: final weights differ from the uninterrupted run"; exit 1; }
 cmp "$work/ref/optimizer.safetensors" "$run/optimizer.safetensors" || { echo "kill9: final optimizer state differs"; exit 1; }
 python3 - "$work/ref/log.jsonl" "$run/log.jsonl" <<'EOF'
@@ -88,4 +105,6 @@ print(f"kill9: log.jsonl holds iterations 1..{len(ref)} once each, losses equal 
 EOF
 leftovers=$(ls -A "$run" | grep -E 'tmp-|milan-commit' || true)
 [ -z "$leftovers" ] || { echo "kill9: leftover files: $leftovers"; exit 1; }
-echo "kill9: $kills kills ($random_kills at random times of which $torn with torn files, $in_staging while staging a checkpoint, $in_commit between a commit's renames); $resumes resumes and $fresh fresh starts, all succeeded; final weights and optimizer state equal the uninterrupted run's bit for bit"
+done
+
+echo "kill9: $runs runs, $kills kills ($random_kills at random times of which $torn with torn files, $in_staging while staging a checkpoint, $in_commit between a commit's renames); $resumes resumes and $fresh fresh starts, all succeeded; final weights and optimizer state equal the uninterrupted run's bit for bit"

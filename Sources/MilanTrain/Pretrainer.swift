@@ -6,6 +6,7 @@
 import Foundation
 import MilanAutograd
 import MilanData
+import MilanIO
 import MilanModels
 import MilanNN
 import MilanTensor
@@ -237,6 +238,11 @@ public final class Pretrainer: @unchecked Sendable {
   public func run(from start: TrainState? = nil) throws -> TrainState {
     let c = config
     let out = URL(fileURLWithPath: c.outputDir)
+    // Leftovers of a save a crash interrupted (temporary files; a journal's renames) are dealt with before anything
+    // is written.
+    if group.rank == 0, FileManager.default.fileExists(atPath: out.path) {
+      for line in try StagedFile.recover(in: out) { log("checkpoint: \(line)") }
+    }
     let indices = trainingIndices()
     guard indices.count >= c.batchSize * c.processes else {
       throw PretrainError.invalidConfig("batchSize \(c.batchSize) × \(c.processes) process(es) is larger than the "

@@ -211,6 +211,14 @@ public final class TrainingLoop<Batch>: @unchecked Sendable {
       logFile = try openLog(logURL, keepThrough: resumed ? state.epoch * steps + state.iteration : 0)
     }
     defer { try? logFile?.close() }
+    // The log is made durable before each checkpoint, so a power loss can only take lines the checkpoint does not
+    // hold (which a resume drops and writes again): every iteration stays in the log exactly once.
+    func syncLog() throws {
+      guard let f = logFile else { return }
+      do { try f.synchronize() } catch {
+        throw TrainingError.cannotWrite(run: name, path: logURL.path, reason: osErrorDescription(error))
+      }
+    }
     let reducer = g.size > 1 ? GradientAllReduce(group: g, parameters: parameters, bucketBytes: bucketBytes) : nil
 
     var lastCheckpoint: String? = resumed ? output.path : nil
@@ -288,6 +296,7 @@ public final class TrainingLoop<Batch>: @unchecked Sendable {
         state.iteration = it + 1
         if stopRequested && boundary {
           if it + 1 < steps {
+            try syncLog()
             try checkpoint(state)
             if lead {
               log("interrupted: checkpoint written to \(output.path) (epoch \(state.epoch + 1), iteration \(it + 1)); "
@@ -304,6 +313,7 @@ public final class TrainingLoop<Batch>: @unchecked Sendable {
       state.iteration = 0
       state.epochLossSum = 0
       if g.size > 1 { try checkDrift(step: state.step) }
+      try syncLog()
       try checkpoint(state)
       lastCheckpoint = output.path
       if stopAtEpochEnd && state.epoch < s.epochs {

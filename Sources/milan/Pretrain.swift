@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MilanData
+import MilanIO
 import MilanModels
 import MilanTrain
 
@@ -72,6 +73,9 @@ extension Milan {
       var start: TrainState? = nil
       if resume {
         let dir = URL(fileURLWithPath: output ?? PretrainConfig.defaults.outputDir)
+        // A save that a crash interrupted is finished first (its journal), or its leftovers removed.
+        if group.rank == 0 { for line in try StagedFile.recover(in: dir) { say("checkpoint: \(line)") } }
+        try group.barrier()
         let state = try TrainState.read(dir)
         let fixed: [(String, Bool)] = [
           ("--config", config != nil), ("--model", model != nil), ("--patch-size", patchSize != nil),
