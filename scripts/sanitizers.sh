@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=("${@:-address thread}")
-filter='KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
+filter='PretrainerTests|EvaluationTests|GoldenTests|KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
 for s in ${which[*]}; do
   dir=.build-$s
   echo "sanitizers: building with --sanitize=$s in $dir"
