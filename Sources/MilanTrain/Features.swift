@@ -80,7 +80,7 @@ public enum Features {
         missing.append(p)
       }
     }
-    progress?.advance(by: indices.count - missing.count)
+    progress?.skip(by: indices.count - missing.count)
     for s in stride(from: 0, to: missing.count, by: batch) {
       let pos = Array(missing[s..<min(s + batch, missing.count)])
       let f = try Autograd.noGrad { teacher.encode(try images.batch(pos.map { indices[$0] }, size: imageSize)) }.features

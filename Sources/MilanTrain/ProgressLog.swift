@@ -11,6 +11,8 @@ public final class ProgressLog: @unchecked Sendable {
   let start = Date()
   var last: Date
   public private(set) var done = 0
+  /// Items counted as done without work (e.g. rows taken from a cache): not part of the rate.
+  var skipped = 0
 
   /// `scale`: processes sharing the pass (each logs its own share × scale, as rank 0 speaks for all).
   public init(_ label: String, total: Int, every interval: TimeInterval = 5, scale: Int = 1,
@@ -23,12 +25,18 @@ public final class ProgressLog: @unchecked Sendable {
     last = start
   }
 
+  /// Counts `n` items done without work (taken from a cache): they move the count, not the rate.
+  public func skip(by n: Int) {
+    done += n
+    skipped += n
+  }
+
   public func advance(by n: Int) {
     done += n
     let now = Date()
     guard now.timeIntervalSince(last) >= interval, done < total else { return }
     last = now
     log(String(format: "%@ %d/%d (%.0f images/s)", label, done * scale, total * scale,
-               Double(done) / now.timeIntervalSince(start) * Double(scale)))
+               Double(done - skipped) / now.timeIntervalSince(start) * Double(scale)))
   }
 }
