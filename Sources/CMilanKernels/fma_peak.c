@@ -1,6 +1,6 @@
 // The machine's FP32 FMA limit, measured: a loop of independent fused multiply-adds on distinct registers, written
 // in inline assembly so the compiler can neither merge nor reorder them (an intrinsics loop was folded to ~40 GF/s
-// per core on a Zen 4 machine whose real limit is ~115). Each body returns the FLOPs it did (2 per lane per FMA).
+// per core on a Zen 4 machine whose real limit is ~115). milan_fma_peak_run returns the FLOPs done (2 per lane per FMA).
 #include "milan_kernels.h"
 
 #if defined(__x86_64__)
@@ -13,35 +13,20 @@
   op " %%" r "14, %%" r "15, %%" r "8\n\t" op " %%" r "14, %%" r "15, %%" r "9\n\t" \
   op " %%" r "14, %%" r "15, %%" r "10\n\t" op " %%" r "14, %%" r "15, %%" r "11\n\t"
 
-__attribute__((target("avx2,fma"))) static void fma_avx2(long iterations) {
-  __asm__ volatile(
-      "vxorps %%ymm0, %%ymm0, %%ymm0\n\t vxorps %%ymm1, %%ymm1, %%ymm1\n\t vxorps %%ymm2, %%ymm2, %%ymm2\n\t"
-      "vxorps %%ymm3, %%ymm3, %%ymm3\n\t vxorps %%ymm4, %%ymm4, %%ymm4\n\t vxorps %%ymm5, %%ymm5, %%ymm5\n\t"
-      "vxorps %%ymm6, %%ymm6, %%ymm6\n\t vxorps %%ymm7, %%ymm7, %%ymm7\n\t vxorps %%ymm8, %%ymm8, %%ymm8\n\t"
-      "vxorps %%ymm9, %%ymm9, %%ymm9\n\t vxorps %%ymm10, %%ymm10, %%ymm10\n\t vxorps %%ymm11, %%ymm11, %%ymm11\n\t"
-      "vxorps %%ymm14, %%ymm14, %%ymm14\n\t vxorps %%ymm15, %%ymm15, %%ymm15\n\t"
-      "1:\n\t" FMA12("vfmadd231ps", "ymm") FMA12("vfmadd231ps", "ymm")
-      "dec %0\n\t jnz 1b\n\t vzeroupper\n\t"
-      : "+r"(iterations)
-      :
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm14",
-        "xmm15", "cc");
-}
+// The loop for register kind r (ymm or zmm): zero the accumulators and the two sources, then 24 FMAs an iteration.
+#define ZERO(r, n) "vxorps %%" r #n ", %%" r #n ", %%" r #n "\n\t"
+#define FMA_LOOP(r)                                                                                           \
+  __asm__ volatile(ZERO(r, 0) ZERO(r, 1) ZERO(r, 2) ZERO(r, 3) ZERO(r, 4) ZERO(r, 5) ZERO(r, 6) ZERO(r, 7)     \
+                   ZERO(r, 8) ZERO(r, 9) ZERO(r, 10) ZERO(r, 11) ZERO(r, 14) ZERO(r, 15)                       \
+                   "1:\n\t" FMA12("vfmadd231ps", r) FMA12("vfmadd231ps", r)                                   \
+                   "dec %0\n\t jnz 1b\n\t vzeroupper\n\t"                                                     \
+                   : "+r"(iterations)                                                                         \
+                   :                                                                                          \
+                   : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",  \
+                     "xmm11", "xmm14", "xmm15", "cc")
 
-__attribute__((target("avx512f"))) static void fma_avx512(long iterations) {
-  __asm__ volatile(
-      "vxorps %%zmm0, %%zmm0, %%zmm0\n\t vxorps %%zmm1, %%zmm1, %%zmm1\n\t vxorps %%zmm2, %%zmm2, %%zmm2\n\t"
-      "vxorps %%zmm3, %%zmm3, %%zmm3\n\t vxorps %%zmm4, %%zmm4, %%zmm4\n\t vxorps %%zmm5, %%zmm5, %%zmm5\n\t"
-      "vxorps %%zmm6, %%zmm6, %%zmm6\n\t vxorps %%zmm7, %%zmm7, %%zmm7\n\t vxorps %%zmm8, %%zmm8, %%zmm8\n\t"
-      "vxorps %%zmm9, %%zmm9, %%zmm9\n\t vxorps %%zmm10, %%zmm10, %%zmm10\n\t vxorps %%zmm11, %%zmm11, %%zmm11\n\t"
-      "vxorps %%zmm14, %%zmm14, %%zmm14\n\t vxorps %%zmm15, %%zmm15, %%zmm15\n\t"
-      "1:\n\t" FMA12("vfmadd231ps", "zmm") FMA12("vfmadd231ps", "zmm")
-      "dec %0\n\t jnz 1b\n\t vzeroupper\n\t"
-      : "+r"(iterations)
-      :
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm14",
-        "xmm15", "cc");
-}
+__attribute__((target("avx2,fma"))) static void fma_avx2(long iterations) { FMA_LOOP("ymm"); }
+__attribute__((target("avx512f"))) static void fma_avx512(long iterations) { FMA_LOOP("zmm"); }
 #endif
 
 #if defined(__aarch64__)

@@ -155,29 +155,29 @@ public enum FuzzTargets {
 
   /// A minimal ONNX model: one MatMul node and two float initializers (one as float_data, one as raw_data).
   static func onnxSeed() -> [UInt8] {
-    var w = Proto()
-    var graph = Proto()
-    var node = Proto()
+    var w = ProtobufWriter()
+    var graph = ProtobufWriter()
+    var node = ProtobufWriter()
     node.string(1, "x")
     node.string(1, "w")
     node.string(2, "y")
     node.string(3, "/layer/MatMul")
     node.string(4, "MatMul")
     graph.message(1, node)
-    var t1 = Proto()
-    t1.varint(1, 2)
-    t1.varint(1, 3)
-    t1.varint(2, 1)  // FLOAT
+    var t1 = ProtobufWriter()
+    t1.int(1, 2)
+    t1.int(1, 3)
+    t1.int(2, 1)  // FLOAT
     for v: Float in [1, 2, 3, 4, 5, 6] { t1.fixed32(4, v.bitPattern) }
     t1.string(8, "w")
     graph.message(5, t1)
-    var t2 = Proto()
-    t2.varint(1, 3)
-    t2.varint(2, 1)
+    var t2 = ProtobufWriter()
+    t2.int(1, 3)
+    t2.int(2, 1)
     t2.bytes(9, [Float(0.5), -1, 2].flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) })
     t2.string(8, "bias")
     graph.message(5, t2)
-    w.varint(1, 8)  // ir_version
+    w.int(1, 8)  // ir_version
     w.message(7, graph)
     return w.bytes
   }
@@ -186,26 +186,4 @@ public enum FuzzTargets {
 public struct FuzzError: Error, CustomStringConvertible {
   public let description: String
   init(_ d: String) { description = d }
-}
-
-/// A protobuf writer for the ONNX seed.
-struct Proto {
-  var bytes: [UInt8] = []
-  mutating func raw(_ v: UInt64) {
-    var v = v
-    repeat {
-      var b = UInt8(v & 0x7F)
-      v >>= 7
-      if v != 0 { b |= 0x80 }
-      bytes.append(b)
-    } while v != 0
-  }
-  mutating func varint(_ field: Int, _ v: UInt64) { raw(UInt64(field << 3)); raw(v) }
-  mutating func fixed32(_ field: Int, _ v: UInt32) {
-    raw(UInt64(field << 3 | 5))
-    bytes += withUnsafeBytes(of: v.littleEndian, Array.init)
-  }
-  mutating func bytes(_ field: Int, _ b: [UInt8]) { raw(UInt64(field << 3 | 2)); raw(UInt64(b.count)); bytes += b }
-  mutating func string(_ field: Int, _ s: String) { bytes(field, Array(s.utf8)) }
-  mutating func message(_ field: Int, _ m: Proto) { bytes(field, m.bytes) }
 }

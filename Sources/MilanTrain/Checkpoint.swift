@@ -40,7 +40,7 @@ public enum Checkpoint {
   /// Loads weights, optimizer moments and the training state saved by `save`.
   public static func load(into model: MILANModel, optimizer: AdamW, from dir: URL) throws -> TrainState {
     // A save a crash interrupted is finished (or its leftovers removed) first.
-    for line in try StagedFile.recover(in: dir) { FileHandle.standardError.write("checkpoint: \(line)\n".data(using: .utf8)!) }
+    for line in try StagedFile.recover(in: dir) { FileHandle.standardError.write(Data("checkpoint: \(line)\n".utf8)) }
     let state = try TrainState.read(dir)
     let mf = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("model.safetensors"))
     let of = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("optimizer.safetensors"))

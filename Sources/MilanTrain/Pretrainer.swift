@@ -249,10 +249,10 @@ public final class Pretrainer: @unchecked Sendable {
         + "\(indices.count) training images")
     }
     let cached: TeacherOutput? = c.augment == true ? nil : try teacher.map { try teacherTargets($0, indices) }
-    if let cached, group.rank == 0, let sha = c.teacher?.sha256, !sha.isEmpty {
+    if let cached, group.rank == 0, let sha = c.teacher?.sha256, !sha.isEmpty, let size = c.teacherImageSize {
       // Their class tokens are what `milan eval` scores for the teacher baseline: keep them for it. A failed write
       // costs evaluation time only, so it is reported and training goes on.
-      let key = TeacherFeatureCache.Key(teacherSHA256: sha, imageSize: c.teacherImageSize!, dataDir: c.dataDir,
+      let key = TeacherFeatureCache.Key(teacherSHA256: sha, imageSize: size, dataDir: c.dataDir,
                                         datasetCount: data.count,
                                         preprocessing: TeacherFeatureCache.preprocessing(data, evaluation: false))
       do {

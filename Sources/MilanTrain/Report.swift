@@ -49,7 +49,8 @@ public enum Report {
     let ids = Array(0..<min(count, test.dataset.count))
     let images = try test.batch(ids, size: cfg.imageSize)
     let t = try teacher.map { lt in
-      Autograd.noGrad { lt.teacher.encode(try! test.batch(ids, size: RunTeacher.inputSize(lt.spec, cfg))) }
+      let input = try test.batch(ids, size: RunTeacher.inputSize(lt.spec, cfg))
+      return Autograd.noGrad { lt.teacher.encode(input) }
     }
     let l = cfg.model.encoder.numPatches, key: UInt64 = 0x5EED_1234
     let semantic = t.map {
@@ -298,7 +299,11 @@ public enum Report {
     let fb = try Features.encoder(m.model.encoder, images: train, indices: bank, imageSize: size)
     let fq = try Features.encoder(m.model.encoder, images: test, indices: queries, imageSize: size)
     let lb = train.labels(bank), lq = test.labels(queries)
-    let classes = max(train.classes, (lb + lq).max()! + 1)
+    guard let top = (lb + lq).max() else {
+      throw PretrainError.invalidConfig("report: the linear probe needs training and test images (got \(bank.count) and "
+        + "\(queries.count))")
+    }
+    let classes = max(train.classes, top + 1)
     var pc = LinearProbeConfig()
     pc.batchSize = min(pc.batchSize, bank.count)
     (pc.blr, _) = try Evaluation.selectProbeBlr([1, 4, 16, 64], features: fb, labels: lb, classes: classes, config: pc, seed: 123)

@@ -5,30 +5,8 @@ import Testing
 
 import MilanIO
 
-/// Minimal protobuf writer for the tests.
-struct PB {
-  var bytes: [UInt8] = []
-  mutating func varint(_ v: UInt64) {
-    var v = v
-    while v >= 0x80 {
-      bytes.append(UInt8(v & 0x7F) | 0x80)
-      v >>= 7
-    }
-    bytes.append(UInt8(v))
-  }
-  mutating func key(_ field: Int, _ wire: Int) { varint(UInt64(field << 3 | wire)) }
-  mutating func int(_ field: Int, _ v: Int) {
-    key(field, 0)
-    varint(UInt64(bitPattern: Int64(v)))
-  }
-  mutating func bytes(_ field: Int, _ b: [UInt8]) {
-    key(field, 2)
-    varint(UInt64(b.count))
-    bytes += b
-  }
-  mutating func string(_ field: Int, _ s: String) { bytes(field, Array(s.utf8)) }
-  mutating func message(_ field: Int, _ m: PB) { bytes(field, m.bytes) }
-}
+/// The protobuf writer of MilanIO, under the tests' short name.
+typealias PB = ProtobufWriter
 
 func tensorProto(name: String, dims: [Int], floats: [Float], packedDims: Bool = true) -> PB {
   var t = PB()
