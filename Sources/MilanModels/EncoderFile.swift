@@ -24,6 +24,9 @@ public enum EncoderFile {
       config = try infer(file, keys: keys, folder: url.deletingLastPathComponent(), path: path)
       source = "timm names"
     }
+    do { try config.validate(field: "the encoder's configuration (\(source))") } catch {
+      throw EncoderFileError(path, "\(error)")
+    }
     let encoder = VisionTransformer(config)
     let own = Set(encoder.namedParameters().map(\.0))
     var weights: [String: Tensor] = [:]

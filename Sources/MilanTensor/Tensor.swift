@@ -37,7 +37,7 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
     precondition(Tensor.elementCount(shape) == values.count,
                  "Tensor: shape \(shape) needs \(Tensor.elementCount(shape)) values, got \(values.count)")
     self.init(uninitialized: shape)
-    values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
+    values.withUnsafeBufferPointer { if let p = $0.baseAddress, count > 0 { data.update(from: p, count: count) } }
   }
 
   public init(scalar: Float) { self.init(shape: [], values: [scalar]) }

@@ -72,7 +72,7 @@ public enum Embedding {
       let cfg = state.config
       if case .runTeacher = c.source {
         guard let t = try RunTeacher.load(cfg, override: nil, log: log) else {
-          throw PretrainError.invalidConfig("the run in \(dir) has no readable teacher file to embed with")
+          throw InvalidSetting("embed: the run in \(dir) has no readable teacher file to embed with")
         }
         return (teacherModel(t, size: c.imageSize ?? RunTeacher.inputSize(t.spec, cfg)), cfg.dataDir)
       }
@@ -115,17 +115,26 @@ public enum Embedding {
   public static func run(_ c: EmbedConfig, group: ProcessGroup = .single,
                          log sink: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EmbedSummary {
     let (warn, log) = group.logs(sink)
+    if let n = c.limit { guard n > 0 else { throw InvalidSetting("embed: --images must be positive (got \(n))") } }
+    guard c.batchSize > 0 else { throw InvalidSetting("embed: --batch-size must be positive (got \(c.batchSize))") }
+    guard c.maxUnreadableFraction >= 0 && c.maxUnreadableFraction <= 1 else {
+      throw InvalidSetting("embed: --max-unreadable must be in [0, 1] (got \(c.maxUnreadableFraction))")
+    }
     let (model, runData) = try Self.model(c, log: log)
+    guard model.imageSize > 0, model.imageSize % model.patchSize == 0 else {
+      throw InvalidSetting("embed: --image-size \(model.imageSize) must be a positive multiple of the model's patch "
+        + "size \(model.patchSize)")
+    }
     guard let dataDir = c.dataDir ?? runData else {
-      throw PretrainError.invalidConfig("embed: give --data-dir (an image folder or an IDX folder)")
+      throw InvalidSetting("embed: give --data-dir (an image folder or an IDX folder)")
     }
     guard c.split == "train" || c.split == "test" else {
-      throw PretrainError.invalidConfig("embed: the split must be train or test (got \(c.split))")
+      throw InvalidSetting("embed: the split must be train or test (got \(c.split))")
     }
     let data = try DatasetLoader.open(dataDir, split: c.split)
     let size = model.imageSize, n = min(c.limit ?? data.count, data.count)
     guard n > 0, c.batchSize > 0, size > 0 else {
-      throw PretrainError.invalidConfig("embed: nothing to do (\(n) images, batch \(c.batchSize), size \(size))")
+      throw InvalidSetting("embed: nothing to do (\(n) images, batch \(c.batchSize), size \(size))")
     }
     log("embedding \(n) images of \(dataDir) (\(c.split)) at \(size) px with the \(model.describe)")
 
@@ -158,7 +167,7 @@ public enum Embedding {
           skipped.append(data.describe(i))
           warn("skipping unreadable image \(data.describe(i)): \(error)")
           guard Double(skipped.count) <= c.maxUnreadableFraction * Double(n) else {
-            throw PretrainError.invalidConfig("embed: \(skipped.count) of \(n) images could not be read (more than "
+            throw InvalidSetting("embed: \(skipped.count) of \(n) images could not be read (more than "
               + "--max-unreadable \(c.maxUnreadableFraction)); the last: \(data.describe(i))")
           }
         }
@@ -179,7 +188,7 @@ public enum Embedding {
     kept = shared.flatMap { $0[0].compactMap { Int($0) } }
     skipped = shared.flatMap { $0[1] }
     guard Double(skipped.count) <= c.maxUnreadableFraction * Double(n) else {
-      throw PretrainError.invalidConfig("embed: \(skipped.count) of \(n) images could not be read (more than "
+      throw InvalidSetting("embed: \(skipped.count) of \(n) images could not be read (more than "
         + "--max-unreadable \(c.maxUnreadableFraction)); the last: \(skipped.last!)")
     }
 

@@ -38,6 +38,28 @@ public struct EvaluationConfig: Codable, Sendable {
   /// Unreadable images tolerated per split, as a fraction, before the evaluation stops.
   public var maxUnreadableFraction = 0.01
   public init(checkpoint: String) { self.checkpoint = checkpoint }
+
+  /// Checks the numbers; the message names the flag.
+  public func validate() throws {
+    func bad(_ m: String) -> InvalidSetting { InvalidSetting("eval: \(m)") }
+    guard trainImages > 1, testImages > 0 else {
+      throw bad("--train-images must be > 1 and --test-images > 0 (got \(trainImages), \(testImages))")
+    }
+    guard k > 0 else { throw bad("--k must be positive (got \(k))") }
+    guard temperature.isFinite, temperature > 0 else { throw bad("--temperature must be positive (got \(temperature))") }
+    guard maxUnreadableFraction.isFinite, maxUnreadableFraction >= 0, maxUnreadableFraction <= 1 else {
+      throw bad("--max-unreadable must be in [0, 1] (got \(maxUnreadableFraction))")
+    }
+    if let keep = semanticKeep {
+      guard keep.isFinite, keep > 0, keep <= 1 else { throw bad("--semantic-keep must be in (0, 1] (got \(keep))") }
+    }
+    if linearProbe {
+      do { try probe.validate() } catch let e as InvalidSetting { throw bad(e.message) }
+      for blr in probeBlrCandidates ?? [] {
+        guard blr.isFinite, blr > 0 else { throw bad("probe blr candidates must be positive (got \(blr))") }
+      }
+    }
+  }
 }
 
 public struct EvaluationRow: Codable, Sendable {
@@ -122,6 +144,7 @@ public enum Evaluation {
 
   public static func run(_ c: EvaluationConfig, group: ProcessGroup = .single,
                          log sink: @escaping @Sendable (String) -> Void = { print($0) }) throws -> EvaluationReport {
+    try c.validate()
     let (warn, log) = group.logs(sink)
     let ckpt = URL(fileURLWithPath: c.checkpoint)
     let state = try TrainState.read(ckpt)

@@ -44,6 +44,46 @@ public struct FinetuneConfig: Codable, Sendable {
     self.checkpoint = checkpoint
     self.outputDir = outputDir
   }
+
+  /// Checks that the numbers make sense together; the message names the field and its flag.
+  public func validate() throws {
+    func bad(_ m: String) -> FinetuneError { .invalidConfig(m) }
+    func unit(_ v: Double, _ name: String, open: Bool = false) throws {
+      guard v.isFinite, v >= 0, open ? v < 1 : v <= 1 else {
+        throw bad("\(name) must be in [0, 1\(open ? ")" : "]") (got \(v))")
+      }
+    }
+    guard epochs > 0 else { throw bad("epochs (--epochs) must be positive (got \(epochs))") }
+    guard batchSize > 0 else { throw bad("batchSize (--batch-size) must be positive (got \(batchSize))") }
+    guard processes > 0 else { throw bad("processes must be positive (got \(processes))") }
+    guard blr.isFinite, blr > 0 else { throw bad("blr (--blr) must be positive (got \(blr))") }
+    guard minLR.isFinite, minLR >= 0 else { throw bad("minLR must be finite and ≥ 0 (got \(minLR))") }
+    guard warmupEpochs.isFinite, warmupEpochs >= 0, warmupEpochs <= Double(epochs) else {
+      throw bad("warmupEpochs (--warmup-epochs) must be in [0, epochs] (got \(warmupEpochs) with \(epochs) epochs)")
+    }
+    guard weightDecay.isFinite, weightDecay >= 0 else { throw bad("weightDecay must be finite and ≥ 0 (got \(weightDecay))") }
+    guard layerDecay.isFinite, layerDecay > 0, layerDecay <= 1 else {
+      throw bad("layerDecay (--layer-decay) must be in (0, 1] (got \(layerDecay))")
+    }
+    try unit(Double(dropPath), "dropPath (--drop-path)", open: true)
+    try unit(reprob, "reprob (--reprob)")
+    try unit(smoothing, "smoothing", open: true)
+    try unit(maxUnreadableFraction, "maxUnreadableFraction (--max-unreadable)")
+    if let m = mixup {
+      guard m.mixupAlpha.isFinite, m.mixupAlpha >= 0, m.cutmixAlpha.isFinite, m.cutmixAlpha >= 0 else {
+        throw bad("mixup.mixupAlpha and mixup.cutmixAlpha must be finite and ≥ 0 (got \(m.mixupAlpha), \(m.cutmixAlpha))")
+      }
+      try unit(m.prob, "mixup.prob")
+      try unit(m.switchProb, "mixup.switchProb")
+      try unit(m.labelSmoothing, "mixup.labelSmoothing", open: true)
+    }
+    guard cropScale.count == 2, cropScale[0] > 0, cropScale[0] <= cropScale[1], cropScale[1] <= 1 else {
+      throw bad("cropScale must be [lo, hi] with 0 < lo ≤ hi ≤ 1 (got \(cropScale))")
+    }
+    if let n = trainImages { guard n > 0 else { throw bad("trainImages (--train-images) must be positive (got \(n))") } }
+    if let n = testImages { guard n > 0 else { throw bad("testImages (--test-images) must be positive (got \(n))") } }
+    guard evalEvery > 0 else { throw bad("evalEvery must be positive (got \(evalEvery))") }
+  }
 }
 
 /// Where a finetuning run stands (finetune-state.json): the loop's state and the scores so far.
@@ -64,12 +104,14 @@ public struct FinetuneResult: Codable, Sendable {
 public enum FinetuneError: Error, CustomStringConvertible {
   case unexpectedMissingKeys([String])
   case oddBatch(Int)
+  case invalidConfig(String)
 
   public var description: String {
     switch self {
     case .unexpectedMissingKeys(let k):
       return "finetune: the checkpoint lacks encoder weights: \(k.joined(separator: ", ")) (only fc_norm and head may be new)"
     case .oddBatch(let b): return "finetune: Mixup/CutMix pairs each image with its mirror in the batch; the batch size must be even (got \(b))"
+    case .invalidConfig(let m): return "finetune: invalid configuration: \(m)"
     }
   }
 }
@@ -87,6 +129,7 @@ public final class Finetuner: @unchecked Sendable {
 
   /// `group`: the processes training together (mpirun's ranks): `c.batchSize` is each one's batch; only rank 0 logs.
   public init(_ c: FinetuneConfig, group: ProcessGroup = .single, log: @escaping @Sendable (String) -> Void = { print($0) }) throws {
+    try c.validate()
     if c.mixup != nil && c.batchSize % 2 != 0 { throw FinetuneError.oddBatch(c.batchSize) }
     var c = c
     c.processes = group.size
@@ -99,6 +142,11 @@ public final class Finetuner: @unchecked Sendable {
     let dataDir = c.dataDir ?? state.config.dataDir
     train = EvalImages(try DatasetLoader.open(dataDir, split: "train"), maxUnreadableFraction: c.maxUnreadableFraction, warn: warn)
     test = EvalImages(try DatasetLoader.open(dataDir, split: "test"), maxUnreadableFraction: c.maxUnreadableFraction, warn: warn)
+    for (n, split, flag) in [(c.trainImages, train, "trainImages (--train-images)"), (c.testImages, test, "testImages (--test-images)")] {
+      if let n, n > split.dataset.count {
+        throw FinetuneError.invalidConfig("\(flag) \(n) is more than the \(split.dataset.count) images of that split in \(dataDir)")
+      }
+    }
     var enc = state.config.model.encoder
     enc.globalPool = .avg
     enc.numClasses = max(train.classes, test.classes)
@@ -280,7 +328,7 @@ public enum Classifier {
   public static func load(_ url: URL) throws -> VisionTransformer {
     let f = try SafeTensorsFile(contentsOf: url)
     guard let json = f.metadata["milan.vit_config"] else {
-      throw PretrainError.invalidConfig("\(url.path) has no milan.vit_config metadata (not written by milan finetune)")
+      throw InvalidSetting("\(url.path) has no milan.vit_config metadata (not written by milan finetune)")
     }
     let model = VisionTransformer(try JSONDecoder().decode(ViTConfig.self, from: Data(json.utf8)))
     try model.load(try f.tensors())

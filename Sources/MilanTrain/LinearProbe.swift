@@ -18,6 +18,20 @@ public struct LinearProbeConfig: Codable, Sendable, Equatable {
   public var weightDecay: Float = 0
   public var seed: UInt64 = 0
   public var lr: Double { blr * Double(batchSize) / 256 }
+
+  /// Checks the numbers (the batch against the data is checked when training); the message names the flag.
+  public func validate() throws {
+    func bad(_ m: String) -> InvalidSetting { InvalidSetting("linear probe: \(m)") }
+    guard epochs > 0 else { throw bad("--probe-epochs must be positive (got \(epochs))") }
+    guard warmupEpochs.isFinite, warmupEpochs >= 0, warmupEpochs <= Double(epochs) else {
+      throw bad("--probe-warmup must be in [0, --probe-epochs] (got \(warmupEpochs) with \(epochs) epochs)")
+    }
+    guard batchSize > 1 else { throw bad("--probe-batch must be at least 2 (got \(batchSize))") }
+    guard blr.isFinite, blr > 0 else { throw bad("--probe-blr must be positive (got \(blr))") }
+    guard minLR.isFinite, minLR >= 0 else { throw bad("minLR must be finite and ≥ 0 (got \(minLR))") }
+    guard momentum.isFinite, momentum >= 0, momentum < 1 else { throw bad("momentum must be in [0, 1) (got \(momentum))") }
+    guard weightDecay.isFinite, weightDecay >= 0 else { throw bad("weightDecay must be finite and ≥ 0 (got \(weightDecay))") }
+  }
   public init() {}
 }
 
@@ -56,8 +70,9 @@ public enum LinearProbe {
                          config c: LinearProbeConfig, log: (String) -> Void = { _ in }) throws
     -> (final: ClassificationScore, head: LinearProbeHead) {
     let n = train.shape[0], d = train.shape[1]
+    try c.validate()
     guard c.batchSize > 1 && n >= c.batchSize else {
-      throw PretrainError.invalidConfig("linear probe: the batch size \(c.batchSize) must be at least 2 and at most the "
+      throw InvalidSetting("linear probe: the batch size \(c.batchSize) must be at least 2 and at most the "
         + "\(n) training features (--probe-batch, --train-images)")
     }
     let head = LinearProbeHead(features: d, classes: classes, seed: c.seed)

@@ -235,6 +235,9 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
     guard processes > 0 else { throw bad("processes must be positive (got \(processes))") }
     guard maskRatio >= 0 && maskRatio < 1 else { throw bad("maskRatio (--mask-ratio) must be in [0, 1) (got \(maskRatio))") }
     guard blr > 0 else { throw bad("blr (--blr) must be positive (got \(blr))") }
+    guard weightDecay.isFinite, weightDecay >= 0 else {
+      throw bad("weightDecay (--weight-decay) must be finite and ≥ 0 (got \(weightDecay))")
+    }
     guard minLR >= 0 else { throw bad("minLR must not be negative (got \(minLR))") }
     guard warmupEpochs >= 0 && warmupEpochs <= Double(epochs) else { throw bad("warmupEpochs (--warmup-epochs) must be in [0, epochs] (got \(warmupEpochs) with \(epochs) epochs)") }
     if let g = gradClip { guard g > 0 else { throw bad("gradClip (--grad-clip) must be positive (got \(g))") } }

@@ -65,9 +65,13 @@ public struct TrainState: Codable, Sendable, Equatable {
       throw CheckpointError(message: "cannot read \(url.path): \(osErrorDescription(error)) (not a milan pretrain "
         + "output folder?)")
     }
-    do { return try JSONDecoder().decode(TrainState.self, from: data) } catch let e as DecodingError {
-      throw CheckpointError(message: "\(url.path): \(describe(e))")
+    let state: TrainState
+    do { state = try JSONDecoder().decode(TrainState.self, from: data) } catch let e as DecodingError {
+      throw CheckpointError(message: "\(url.path): \(describe(e, data: data))")
     }
+    // Every command that reads a run builds its model from this configuration: an edited one is refused here.
+    do { try state.config.validate() } catch { throw CheckpointError(message: "\(url.path): \(error)") }
+    return state
   }
 }
 
@@ -100,6 +104,10 @@ public final class Pretrainer: @unchecked Sendable {
     self.log = lead
     c.dataDir = URL(fileURLWithPath: c.dataDir).standardizedFileURL.path  // recorded absolute in state.json
     data = try DatasetLoader.open(c.dataDir)
+    if let n = c.trainImages, n > data.count {
+      throw PretrainError.invalidConfig("trainImages (--train-images) \(n) is more than the \(data.count) images in "
+        + "\(c.dataDir)")
+    }
     loader = SafeImageLoader(dataset: data, maxUnreadableFraction: c.maxUnreadableFraction, warn: warn)
     if let folder = data as? ImageFolder {
       self.log("data: \(folder.count) images in \(folder.classNames.count) classes under \(folder.root.path)"
@@ -219,11 +227,11 @@ public final class Pretrainer: @unchecked Sendable {
   }
 
   /// The masking of one batch: one key from the run's generator, each sample's noise keyed by its global position.
-  func masking(importance: Tensor?, batch b: Int, rng: inout SplitMix64, firstSample: Int) -> MaskingResult {
+  func masking(importance: Tensor?, batch b: Int, rng: inout SplitMix64, firstSample: Int) throws -> MaskingResult {
     let l = config.model.encoder.numPatches, key = rng.next()
     switch config.masking {
     case .semantic:
-      return Masking.semanticAware(importance: importance!,
+      return try Masking.semanticAware(importance: importance!,
                                    expNoise: Masking.expNoise(rows: b, patches: l, key: key, firstSample: firstSample),
                                    maskRatio: config.maskRatio)
     case .random:
@@ -279,7 +287,7 @@ public final class Pretrainer: @unchecked Sendable {
       objective: { [self] batch, rng, first in
         let t = batch.cached ?? batch.teacherInput.map { input in Autograd.noGrad { teacher!.encode(input) } }
         let b = batch.student.shape[0]
-        let m = masking(importance: t?.clsAttention, batch: b, rng: &rng, firstSample: first)
+        let m = try masking(importance: t?.clsAttention, batch: b, rng: &rng, firstSample: first)
         var dropRNG = SplitMix64(seed: rng.next())
         let pred = model.predict(Variable(batch.student), masking: m, rng: &dropRNG, firstSample: first)
         return try model.loss(pred, images: batch.student, teacher: t?.features, masking: m)
@@ -302,14 +310,21 @@ public final class Pretrainer: @unchecked Sendable {
   }
 }
 
-/// A decoding error as a sentence that names the offending key.
-public func describe(_ e: DecodingError) -> String {
+/// A decoding error as a sentence that names the offending key. With the decoded bytes (`data`), an error without a
+/// key is told apart: Foundation reports a number that does not fit its field (a negative seed, a fractional count)
+/// as "not valid JSON" with no key, though the file is JSON.
+public func describe(_ e: DecodingError, data: Data? = nil) -> String {
   func path(_ c: [CodingKey]) -> String { c.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".") }
   switch e {
   case .keyNotFound(let k, let ctx): return "missing key \(path(ctx.codingPath + [k]))"
   case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx):
     return "wrong type at \(path(ctx.codingPath)): \(ctx.debugDescription)"
   case .dataCorrupted(let ctx):
+    if ctx.codingPath.isEmpty, let data, (try? JSONSerialization.jsonObject(with: data)) != nil {
+      return "the file is JSON, but a value does not fit its field (a negative, fractional or too large number where a "
+        + "count, size or seed is expected?)"
+    }
+    if ctx.codingPath.isEmpty { return "not valid JSON (\(ctx.debugDescription))" }
     return "invalid value at \(path(ctx.codingPath)): \(ctx.debugDescription)"
   @unknown default: return String(describing: e)
   }

@@ -53,8 +53,8 @@ public enum Report {
       return Autograd.noGrad { lt.teacher.encode(input) }
     }
     let l = cfg.model.encoder.numPatches, key: UInt64 = 0x5EED_1234
-    let semantic = t.map {
-      Masking.semanticAware(importance: $0.clsAttention,
+    let semantic = try t.map {
+      try Masking.semanticAware(importance: $0.clsAttention,
                             expNoise: Masking.expNoise(rows: ids.count, patches: l, key: key, firstSample: 0),
                             maskRatio: cfg.maskRatio)
     }
@@ -128,7 +128,7 @@ public enum Report {
     } else {
       models.append(try load(root, name: "this run"))
     }
-    guard let first = models.first else { throw PretrainError.invalidConfig("report: \(c.run) holds no run") }
+    guard let first = models.first else { throw InvalidSetting("report: \(c.run) holds no run") }
     // Shared pieces from the run with a teacher (any ablation row with features has one).
     let withTeacher = models.first { $0.state.config.teacher != nil } ?? first
     let cfg = withTeacher.state.config
@@ -300,7 +300,7 @@ public enum Report {
     let fq = try Features.encoder(m.model.encoder, images: test, indices: queries, imageSize: size)
     let lb = train.labels(bank), lq = test.labels(queries)
     guard let top = (lb + lq).max() else {
-      throw PretrainError.invalidConfig("report: the linear probe needs training and test images (got \(bank.count) and "
+      throw InvalidSetting("report: the linear probe needs training and test images (got \(bank.count) and "
         + "\(queries.count))")
     }
     let classes = max(train.classes, top + 1)

@@ -50,8 +50,12 @@ public enum SingleStep {
       throw SingleStepError.missingInput("the model file has no `milan.config` metadata (not written by milan pretrain); "
         + "pass the configuration with --config")
     }
-    do { return try JSONDecoder().decode(MILANConfig.self, from: Data(json.utf8)) } catch let e as DecodingError {
-      throw SingleStepError.missingInput("the model file's `milan.config` metadata: \(describe(e))")
+    do {
+      let c = try JSONDecoder().decode(MILANConfig.self, from: Data(json.utf8))
+      do { try c.validate() } catch { throw SingleStepError.missingInput("the model file's `milan.config` metadata: \(error)") }
+      return c
+    } catch let e as DecodingError {
+      throw SingleStepError.missingInput("the model file's `milan.config` metadata: \(describe(e, data: Data(json.utf8)))")
     }
   }
 
@@ -98,7 +102,7 @@ public enum SingleStep {
     if has("exp_noise") {
       let noise = try batch.tensor("exp_noise")
       guard noise.shape == [b, l] else { throw SingleStepError.shape("exp_noise is \(noise.shape), expected [\(b), \(l)]") }
-      m = Masking.semanticAware(importance: importance!, expNoise: noise, maskRatio: o.maskRatio)
+      m = try Masking.semanticAware(importance: importance!, expNoise: noise, maskRatio: o.maskRatio)
     } else if has("uniform_noise") {
       let noise = try batch.tensor("uniform_noise")
       guard noise.shape == [b, l] else { throw SingleStepError.shape("uniform_noise is \(noise.shape), expected [\(b), \(l)]") }

@@ -38,8 +38,12 @@ extension Milan {
       let group = try runtime.start()
       var base: PretrainConfig
       if let config {
-        do { base = try JSONDecoder().decode(PretrainConfig.self, from: Data(contentsOf: URL(fileURLWithPath: config))) }
-        catch let e as DecodingError { throw ValidationError("--config \(config): \(describe(e))") }
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: config)) } catch {
+          throw ValidationError("--config \(config): cannot read it (\(error.localizedDescription))")
+        }
+        do { base = try JSONDecoder().decode(PretrainConfig.self, from: data) }
+        catch let e as DecodingError { throw ValidationError("--config \(config): \(describe(e, data: data))") }
       } else {
         base = .fashionDemo(dataDir: PretrainConfig.defaultDataDir, teacherPath: "", outputDir: output)
       }
@@ -65,6 +69,7 @@ extension Milan {
       c.evaluation.trainImages = evalTrainImages
       c.evaluation.testImages = evalTestImages
       c.evaluation.probe.epochs = probeEpochs
+      c.evaluation.probe.warmupEpochs = min(c.evaluation.probe.warmupEpochs, Double(max(probeEpochs, 0)))
       for row in c.rows {
         var probe = row.apply(to: base, seed: c.seeds[0], output: URL(fileURLWithPath: output))
         probe.outputDir = output

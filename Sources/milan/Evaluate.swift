@@ -29,7 +29,6 @@ struct EvaluationOptions: ParsableArguments {
     if let pool { c.pool = try choice(pool, "--pool") }
     c.baselines = !noBaselines
     if let maxUnreadable { c.maxUnreadableFraction = maxUnreadable }
-    guard c.trainImages > 1, c.testImages > 0 else { throw ValidationError("--train-images must be > 1 and --test-images > 0") }
     return c
   }
 
@@ -57,7 +56,7 @@ struct ProbeOptions: ParsableArguments {
   static let defaultBlr = 16.0
 
   @Option(help: "Linear probe epochs (default 90).") var probeEpochs: Int?
-  @Option(help: "Linear probe warmup epochs (default 10).") var probeWarmup: Double?
+  @Option(help: "Linear probe warmup epochs (default 10, or the whole probe when it is shorter).") var probeWarmup: Double?
   @Option(help: "Linear probe batch size (default 256).") var probeBatch: Int?
   @Option(help: "Linear probe base lr (lr = blr × batch / 256), LARS with trust 0.001; default 16. MAE's ViT-B recipe runs lr 3.2–6.4 at batch 16384 for ~7,800 steps; on a few thousand cached features at batch 256 (~1,400 steps) blr 16 scored best of {0.1, 1, 4, 16, 64} on the demo.") var probeBlr: Double?
   @Option(help: "Semantic-aware probing: keep this fraction of patches by teacher attention (paper: 0.5).")
@@ -65,11 +64,11 @@ struct ProbeOptions: ParsableArguments {
 
   func apply(_ c: inout EvaluationConfig) throws {
     if let probeEpochs { c.probe.epochs = probeEpochs }
-    if let probeWarmup { c.probe.warmupEpochs = probeWarmup }
+    // Default warmup: MAE's 10 epochs, or the whole probe when it is shorter.
+    c.probe.warmupEpochs = probeWarmup ?? min(c.probe.warmupEpochs, Double(max(c.probe.epochs, 0)))
     if let probeBatch { c.probe.batchSize = probeBatch }
     c.probe.blr = probeBlr ?? Self.defaultBlr
     if let k = semanticKeep {
-      guard k > 0 && k <= 1 else { throw ValidationError("--semantic-keep must be in (0, 1]") }
       c.semanticKeep = k
     }
   }
@@ -111,10 +110,15 @@ extension Milan {
             + "--test-images, --json, --max-unreadable); \(ignored.joined(separator: ", ")) do not apply to it")
         }
         guard let dataDir = options.dataDir else { throw ValidationError("--classifier needs --data-dir") }
+        let limit = options.testImages ?? 2000, maxUnreadable = options.maxUnreadable ?? 0.01
+        guard limit > 0 else { throw ValidationError("--test-images must be positive (got \(limit))") }
+        guard maxUnreadable >= 0 && maxUnreadable <= 1 else {
+          throw ValidationError("--max-unreadable must be in [0, 1] (got \(maxUnreadable))")
+        }
         let model = try MilanTrain.Classifier.load(URL(fileURLWithPath: classifier))
         let data = EvalImages(try DatasetLoader.open(dataDir, split: "test"),
-                              maxUnreadableFraction: options.maxUnreadable ?? 0.01, warn: say)
-        let s = try MilanTrain.Classifier.score(model, data: data, limit: options.testImages ?? 2000)
+                              maxUnreadableFraction: maxUnreadable, warn: say)
+        let s = try MilanTrain.Classifier.score(model, data: data, limit: limit)
         say(String(format: "| classifier | images | top-1 | top-5 | loss |\n| --- | ---: | ---: | ---: | ---: |\n"
           + "| %@ | %d | %.2f %% | %.2f %% | %.4f |", classifier, s.count, s.top1 * 100, s.top5 * 100, s.loss))
         if let json = options.json {

@@ -19,7 +19,7 @@ extension Milan {
     @Option(help: "IDX folder or image folder with train/ and val/ (default: the pretraining data).") var dataDir: String?
     @Option(name: .shortAndLong, help: "Output folder.") var output = "runs/milan-finetune"
     @Option var epochs = 100
-    @Option var warmupEpochs = 5.0
+    @Option(help: "Warmup epochs (default: MAE's 5, or the whole run when it is shorter).") var warmupEpochs: Double?
     @Option(help: "Batch size (even: Mixup pairs each image with its mirror in the batch).") var batchSize = 64
     @Option(help: "Base lr (lr = blr × batch / 256).") var blr = 1e-3
     @Option var layerDecay: Float = 0.75
@@ -41,7 +41,7 @@ extension Milan {
       var c = FinetuneConfig(checkpoint: checkpoint, outputDir: output)
       c.dataDir = dataDir
       c.epochs = epochs
-      c.warmupEpochs = warmupEpochs
+      c.warmupEpochs = warmupEpochs ?? min(5, Double(max(epochs, 0)))
       c.batchSize = batchSize
       c.blr = blr
       c.layerDecay = layerDecay

@@ -16,23 +16,30 @@ struct Milan: ParsableCommand {
                   Finetune.self, Embed.self, Ablate.self, Report.self])
 
   static func main() {
+    var command: ParsableCommand
+    do { command = try parseAsRoot() } catch { fail(error) }
     do {
-      var command = try parseAsRoot()
       try command.run()
       ProcessGroup.ifCreated?.finalize()
     } catch {
-      if let g = ProcessGroup.ifCreated, g.usesMPI, g.size > 1, !(error is CleanExit) {
-        let message = fullMessage(for: error)
-        FileHandle.standardError.write(Data("rank \(g.rank): \(message)\n".utf8))
-        g.abort(1)
-      }
-      // --help and --version end with status 0 as ArgumentParser prints them; every error — a bad flag, a bad
-      // value, a bad file, a failed run — prints its message and ends with status 1 (ArgumentParser's own default
-      // for usage errors would be 64).
-      if error is CleanExit || exitCode(for: error) == .success { exit(withError: error) }
-      FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-      Foundation.exit(1)
+      // A flag ArgumentParser could not read gets the usage lines; a value the command refused after reading its
+      // flags gets its message alone (the message names the flag).
+      if let v = error as? ValidationError { fail(error, message: "Error: \(v.message)") }
+      fail(error)
     }
+  }
+
+  /// --help and --version end with status 0 as ArgumentParser prints them; every error — a bad flag, a bad value, a
+  /// bad file, a failed run — prints its message and ends with status 1 (ArgumentParser's own default for usage
+  /// errors would be 64). Under mpirun the failing rank aborts the others.
+  static func fail(_ error: Error, message: String? = nil) -> Never {
+    if let g = ProcessGroup.ifCreated, g.usesMPI, g.size > 1, !(error is CleanExit) {
+      FileHandle.standardError.write(Data("rank \(g.rank): \(message ?? fullMessage(for: error))\n".utf8))
+      g.abort(1)
+    }
+    if error is CleanExit || exitCode(for: error) == .success { exit(withError: error) }
+    FileHandle.standardError.write(Data(((message ?? fullMessage(for: error)) + "\n").utf8))
+    Foundation.exit(1)
   }
 }
 

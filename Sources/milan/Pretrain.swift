@@ -150,10 +150,12 @@ extension Milan {
           throw ValidationError("--config \(config): cannot read it (\(error.localizedDescription))")
         }
         do { c = try JSONDecoder().decode(PretrainConfig.self, from: data) } catch let e as DecodingError {
-          throw ValidationError("--config \(config): \(describe(e))")
+          throw ValidationError("--config \(config): \(describe(e, data: data))")
         } catch {
           throw ValidationError("--config \(config): not JSON (\(error.localizedDescription))")
         }
+        // A file that cannot train is refused by its name, before flags change it.
+        do { try c.validate() } catch { throw ValidationError("--config \(config): \(error)") }
       }
       if let model {
         guard let preset = MILANConfig.preset(model) else {

@@ -130,7 +130,7 @@ final class GradientErrorLog: @unchecked Sendable {
       full = ref
     }
     let m = v.semantic
-      ? Masking.semanticAware(importance: try f.tensor("importance"), expNoise: try f.tensor("exp_noise"), maskRatio: 0.75)
+      ? try Masking.semanticAware(importance: try f.tensor("importance"), expNoise: try f.tensor("exp_noise"), maskRatio: 0.75)
       : Masking.random(noise: try f.tensor("uniform_noise"), maskRatio: 0.75)
     try Self.checkIndices(m, f)
 
@@ -158,7 +158,7 @@ final class GradientErrorLog: @unchecked Sendable {
   @Test func knowledgeDistillationWithoutDecoder() throws {
     try golden("kd")
     let f = try StepFixture("kd")
-    let m = Masking.semanticAware(importance: try f.tensor("importance"), expNoise: try f.tensor("exp_noise"), maskRatio: 0.75)
+    let m = try Masking.semanticAware(importance: try f.tensor("importance"), expNoise: try f.tensor("exp_noise"), maskRatio: 0.75)
     let target = MILANModel.visibleTargets(try StepFixture("milan").tensor("target"), masking: m)
     #expect(compare(target, try f.tensor("target"), atol: 0, rtol: 0, "kd target gather").ok)
   }
@@ -209,7 +209,7 @@ final class GradientErrorLog: @unchecked Sendable {
     var rng = SplitMix64(seed: 0)
     let t = teacher?.encode(images)
     let m = MILANStepTests.variants[variant]!.semantic
-      ? Masking.semanticAware(importance: t!.clsAttention, expNoise: noise, maskRatio: 0.75)
+      ? try Masking.semanticAware(importance: t!.clsAttention, expNoise: noise, maskRatio: 0.75)
       : Masking.random(noise: noise, maskRatio: 0.75)
     let loss = try model.loss(model.predict(Variable(images), masking: m, rng: &rng), images: images,
                               teacher: t?.features, masking: m)

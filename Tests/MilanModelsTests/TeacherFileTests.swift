@@ -153,6 +153,17 @@ import Testing
     let noProj = dir.appendingPathComponent("clip_vision_model.safetensors")
     try hf.write(to: noProj)
     refused(noProj.path, "visual_projection.weight")
+    // Damaged weights: NaN and ∞ in one tensor. Loaded, they would make every target and the class attention NaN.
+    let clip = try SafeTensorsFile(contentsOf: Fixtures.url("models/clip_openclip.safetensors"))
+    var nanW = SafeTensorsWriter(metadata: clip.metadata)
+    for t in clip.tensors {
+      let v = try clip.tensor(t.name)
+      if t.name == "visual.conv1.weight" { v.data[3] = .nan; v.data[7] = .infinity }
+      try nanW.add(name: t.name, tensor: v)
+    }
+    let nanFile = dir.appendingPathComponent("nan.safetensors")
+    try nanW.write(to: nanFile)
+    refused(nanFile.path, "visual.conv1.weight", "2 non-finite")
   }
 
   /// A run's recorded teacher: the same bytes load; another network, or changed bytes, are refused (unless allowed).

@@ -2,6 +2,7 @@
 // a message that names the option or file and the problem — never a trap (a release-build `precondition` dies with
 // SIGILL or SIGTRAP and prints nothing), never a silent success.
 import Foundation
+import MilanIO
 import MilanTestSupport
 import Testing
 
@@ -86,6 +87,17 @@ import Testing
     let bytes = try Data(contentsOf: URL(fileURLWithPath: f.teacher))
     try bytes.prefix(bytes.count / 2).write(to: garbage)
     try check(Case(name: "truncated teacher", args: Self.pretrainArgs(["--teacher", garbage.path]), says: [garbage.path]))
+    // A teacher whose weights hold a NaN (it would make the class attention semantic-aware sampling draws from NaN).
+    let clip = try SafeTensorsFile(contentsOf: URL(fileURLWithPath: f.teacher))
+    var nan = SafeTensorsWriter(metadata: clip.metadata)
+    for t in clip.tensors {
+      let v = try clip.tensor(t.name)
+      if t.name == "visual.transformer.resblocks.0.attn.in_proj_weight" { v.data[0] = .nan }
+      try nan.add(name: t.name, tensor: v)
+    }
+    try nan.write(to: garbage)
+    try check(Case(name: "teacher with a NaN weight", args: Self.pretrainArgs(["--teacher", garbage.path]),
+                   says: [garbage.path, "in_proj_weight", "non-finite"]))
 
     // A checkpoint of another model size: the run's model.safetensors replaced by a patch-4 run's.
     let a = dir.appendingPathComponent("a").path, b = dir.appendingPathComponent("b").path
@@ -111,5 +123,92 @@ import Testing
     try h.close()
     try head.write(to: onnx)
     try check(Case(name: "truncated ONNX", args: Self.pretrainArgs(["--teacher", onnx.path]), says: [onnx.path]))
+  }
+
+  /// Configuration files whose model sizes make no network, or whose values do not fit their fields: each was a
+  /// trap (division by zero, a precondition in the model's init, Int(nan)) before it was checked when read.
+  static let configCases: [(name: String, json: String, says: [String])] = [
+    ("no heads", #"{"numHeads": 0}"#, ["model.encoder", "numHeads 0"]),
+    ("no blocks", #"{"depth": 0}"#, ["model.encoder", "depth"]),
+    ("negative width", #"{"embedDim": -48}"#, ["model.encoder", "embedDim -48"]),
+    ("width not divisible by 4", #"{"embedDim": 6, "numHeads": 3}"#, ["model.encoder", "divisible by 4"]),
+    ("one input channel", #"{"inChannels": 1}"#, ["model.encoder.inChannels", "RGB"]),
+    ("negative MLP ratio", #"{"mlpRatio": -1}"#, ["model.encoder", "mlpRatio"]),
+    ("a classification head", #"{"numClasses": 5}"#, ["model.encoder", "numClasses"]),
+    ("mean pooling", #"{"globalPool": "avg"}"#, ["model.encoder", "globalPool"]),
+    ("drop path 2", #"{"dropPathRate": 2}"#, ["model.encoder", "dropPathRate"]),
+    ("decoder width 6", #"{"decoderDim": 6, "decoderHeads": 3}"#, ["model.decoderDim", "divisible by 4"]),
+    ("negative decoder MLP ratio", #"{"decoderMlpRatio": -1}"#, ["model.decoderMlpRatio"]),
+    ("negative weight decay", #"{"weightDecay": -1}"#, ["weightDecay"]),
+    ("negative seed", #"{"seed": -1}"#, ["does not fit its field"]),
+  ]
+
+  @Test func badConfigurationFilesEndWithAMessage() throws {
+    let dir = Self.fixture.dir.appendingPathComponent("configs-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    for (i, c) in Self.configCases.enumerated() {
+      // The case's keys go into model.encoder, model or the top level, wherever the field lives.
+      let given = try JSONSerialization.jsonObject(with: Data(c.json.utf8)) as! [String: Any]
+      var encoder: [String: Any] = ["patchSize": 8, "embedDim": 48, "depth": 2, "numHeads": 3]
+      var model: [String: Any] = [:], top: [String: Any] = [:]
+      for (k, v) in given {
+        if k.hasPrefix("decoder") { model[k] = v } else if ["weightDecay", "seed"].contains(k) { top[k] = v } else { encoder[k] = v }
+      }
+      model["encoder"] = encoder
+      top["model"] = model
+      let file = dir.appendingPathComponent("config-\(i).json")
+      try JSONSerialization.data(withJSONObject: top).write(to: file)
+      // No --model (it would replace the file's model) and no --patch-size.
+      let args = ["pretrain", "--data-dir", Self.fixture.data, "-o", dir.appendingPathComponent("run").path, "--config",
+                  file.path, "--image-size", "32", "--epochs", "1", "--batch-size", "2", "--teacher", Self.fixture.teacher,
+                  "--no-report"]
+      try check(Case(name: "config: \(c.name)", args: args, says: [file.path] + c.says))
+    }
+  }
+
+  /// Flags of the commands that read a finished run, and a run whose state.json was edited into a model that
+  /// cannot be built.
+  @Test func badFlagsOfTheOtherCommandsEndWithAMessage() throws {
+    let f = Self.fixture
+    let dir = f.dir.appendingPathComponent("others-\(UUID().uuidString)")
+    let run = dir.appendingPathComponent("run").path
+    #expect(try milan(Self.pretrainArgs([], output: run)).status == 0)
+    let data = URL(fileURLWithPath: f.data).deletingLastPathComponent().path
+    let finetune = ["finetune", "--checkpoint", run, "--data-dir", data, "-o", dir.appendingPathComponent("ft").path,
+                    "--epochs", "1", "--batch-size", "2"]
+    let cases: [Case] = [
+      Case(name: "finetune epochs 0", args: finetune + ["--epochs", "0"], says: ["--epochs", "0"]),
+      Case(name: "finetune batch 0", args: finetune + ["--batch-size", "0"], says: ["--batch-size", "0"]),
+      Case(name: "finetune layer decay 0", args: finetune + ["--layer-decay", "0"], says: ["--layer-decay"]),
+      Case(name: "finetune drop path 2", args: finetune + ["--drop-path", "2"], says: ["--drop-path", "2"]),
+      Case(name: "finetune warmup longer than the run", args: finetune + ["--warmup-epochs", "50"], says: ["--warmup-epochs"]),
+      Case(name: "finetune more train images than there are", args: finetune + ["--train-images", "99"],
+           says: ["--train-images", "99", data]),
+      Case(name: "finetune no test images", args: finetune + ["--test-images", "0"], says: ["--test-images"]),
+      Case(name: "eval k 0", args: ["eval", "--checkpoint", run, "--k", "0"], says: ["--k", "0"]),
+      Case(name: "eval temperature 0", args: ["eval", "--checkpoint", run, "--temperature", "0"], says: ["--temperature"]),
+      Case(name: "eval probe epochs 0", args: ["eval", "--checkpoint", run, "--probe-epochs", "0"], says: ["--probe-epochs"]),
+      Case(name: "eval probe warmup longer than the probe", args: ["eval", "--checkpoint", run, "--probe-warmup", "100"],
+           says: ["--probe-warmup"]),
+      Case(name: "eval max unreadable 3", args: ["eval", "--checkpoint", run, "--max-unreadable", "3"],
+           says: ["--max-unreadable"]),
+      Case(name: "embed image size not a multiple of the patch",
+           args: ["embed", "--checkpoint", run, "-o", dir.appendingPathComponent("e.safetensors").path, "--image-size", "7"],
+           says: ["--image-size", "7", "patch"]),
+    ]
+    for c in cases { try check(c) }
+    // state.json edited by hand into a model with no heads: every command that reads the run refuses it by name.
+    let state = URL(fileURLWithPath: run).appendingPathComponent("state.json")
+    var json = try JSONSerialization.jsonObject(with: Data(contentsOf: state)) as! [String: Any]
+    var config = json["config"] as! [String: Any], model = config["model"] as! [String: Any]
+    var encoder = model["encoder"] as! [String: Any]
+    encoder["numHeads"] = 0
+    model["encoder"] = encoder
+    config["model"] = model
+    json["config"] = config
+    try JSONSerialization.data(withJSONObject: json).write(to: state)
+    for args in [["eval", "--checkpoint", run], finetune, ["report", run, "-o", dir.appendingPathComponent("r.html").path]] {
+      try check(Case(name: "\(args[0]) of an edited state.json", args: args, says: [state.path, "numHeads 0"]))
+    }
   }
 }

@@ -230,7 +230,7 @@ func jsonObject(_ url: URL) throws -> [String: Any] {
     defer { try? FileManager.default.removeItem(at: dir) }
     let data = try tinyImageNet(dir.appendingPathComponent("data")).path, out = dir.appendingPathComponent("abl")
     let args = ["ablate", "-o", out.path, "--data-dir", data, "--teacher", Fixtures.url("models/clip_openclip.safetensors").path,
-                "--epochs", "1", "--batch-size", "2", "--rows", "mae,milan", "--seeds", "0,1", "--eval-train-images", "6",
+                "--epochs", "1", "--batch-size", "2", "--train-images", "6", "--rows", "mae,milan", "--seeds", "0,1", "--eval-train-images", "6",
                 "--eval-test-images", "6", "--probe-epochs", "2"]
     let r = try milan(args)
     #expect(r.status == 0, "\(r.text)")

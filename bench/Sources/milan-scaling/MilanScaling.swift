@@ -116,7 +116,7 @@ struct Step: ParsableCommand {
       try g.barrier()
       let t0 = seconds()
       let t = Autograd.noGrad { teacher.encode(teacherImages) }
-      let m = Masking.semanticAware(importance: t.clsAttention,
+      let m = try Masking.semanticAware(importance: t.clsAttention,
                                     expNoise: Masking.expNoise(rows: batch, patches: mc.encoder.numPatches,
                                                                key: UInt64(s), firstSample: g.rank * batch),
                                     maskRatio: 0.75)
