@@ -38,6 +38,8 @@ let package = Package(
     .executable(name: "milan-bench", targets: ["milan-bench"]),
     .executable(name: "milan-scaling", targets: ["milan-scaling"]),
     .executable(name: "milan-fuzz", targets: ["milan-fuzz"]),
+    // The fuzz targets, for the libFuzzer build in fuzz/libfuzzer (its own package: libFuzzer supplies main).
+    .library(name: "MilanFuzz", targets: ["MilanFuzz"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

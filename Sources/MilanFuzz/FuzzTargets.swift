@@ -72,7 +72,8 @@ public enum FuzzTargets {
         _ = try Gzip.decompress(Data(b), label: "fuzz.gz")
       },
       FuzzTarget(name: "config.json", seeds: [try configSeed()]) { b in
-        _ = try JSONDecoder().decode(PretrainConfig.self, from: Data(b))
+        // Decoded and checked, as `milan pretrain --config` does before anything is built from it.
+        try JSONDecoder().decode(PretrainConfig.self, from: Data(b)).validate()
       },
       FuzzTarget(name: "state.json", seeds: [try stateSeed()]) { b in
         let dir = scratch.appendingPathComponent("run")

@@ -118,11 +118,12 @@ public struct MILANConfig: Codable, Sendable, Equatable {
       throw bad("model.encoder: MILAN's encoder has no classification head and pools the class token (numClasses 0, "
         + "globalPool token; got \(encoder.numClasses), \(encoder.globalPool.rawValue)); finetuning adds the head")
     }
-    guard predictionDim >= 0 else { throw bad("model.predictionDim must not be negative (got \(predictionDim))") }
+    guard predictionDim >= 0, predictionDim <= ViTConfig.maxSize * 64 else { throw bad("model.predictionDim must be in 0...\(ViTConfig.maxSize * 64) (got \(predictionDim))") }
     if decoder != .kd {
-      guard decoderDim > 0, decoderDepth > 0, decoderHeads > 0, decoderDim % decoderHeads == 0 else {
-        throw bad("model.decoderDim \(decoderDim) must be positive and a multiple of decoderHeads \(decoderHeads) "
-          + "(depth \(decoderDepth) > 0)")
+      guard decoderDim > 0, decoderDepth > 0, decoderHeads > 0, decoderDim % decoderHeads == 0,
+            decoderDim <= ViTConfig.maxSize, decoderDepth <= ViTConfig.maxDepth else {
+        throw bad("model.decoderDim \(decoderDim) must be positive, at most \(ViTConfig.maxSize) and a multiple of "
+          + "decoderHeads \(decoderHeads) (depth \(decoderDepth) in 1...\(ViTConfig.maxDepth))")
       }
       guard decoderDim % 4 == 0 else {
         throw bad("model.decoderDim: the decoder's sin-cos position table needs a width divisible by 4 (got \(decoderDim))")

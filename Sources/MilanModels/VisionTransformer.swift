@@ -130,6 +130,11 @@ public struct ViTConfig: Codable, Sendable, Equatable {
     guard patchSize > 0, imageSize > 0, imageSize % patchSize == 0 else {
       throw bad("imageSize \(imageSize) must be a positive multiple of patchSize \(patchSize)")
     }
+    // Limits far above any ViT (ViT-g is 1408 wide, 40 deep) that keep token and parameter counts from overflowing.
+    guard imageSize <= Self.maxSize, embedDim <= Self.maxSize, depth <= Self.maxDepth else {
+      throw bad("imageSize \(imageSize), embedDim \(embedDim) and depth \(depth) must be at most \(Self.maxSize), "
+        + "\(Self.maxSize) and \(Self.maxDepth)")
+    }
     guard inChannels > 0 else { throw bad("inChannels must be positive (got \(inChannels))") }
     guard depth > 0 else { throw bad("depth must be positive (got \(depth))") }
     guard embedDim > 0, numHeads > 0, embedDim % numHeads == 0 else {
@@ -147,6 +152,8 @@ public struct ViTConfig: Codable, Sendable, Equatable {
       throw bad("dropPathRate must be in [0, 1) (got \(dropPathRate))")
     }
   }
+
+  public static let maxSize = 16384, maxDepth = 1024
 
   public var gridSize: Int { imageSize / patchSize }
   public var numPatches: Int { gridSize * gridSize }

@@ -53,8 +53,8 @@ public struct FinetuneConfig: Codable, Sendable {
         throw bad("\(name) must be in [0, 1\(open ? ")" : "]") (got \(v))")
       }
     }
-    guard epochs > 0 else { throw bad("epochs (--epochs) must be positive (got \(epochs))") }
-    guard batchSize > 0 else { throw bad("batchSize (--batch-size) must be positive (got \(batchSize))") }
+    guard epochs > 0, epochs <= 1_000_000 else { throw bad("epochs (--epochs) must be in 1...1000000 (got \(epochs))") }
+    guard batchSize > 0, batchSize <= 1 << 24 else { throw bad("batchSize (--batch-size) must be in 1...\(1 << 24) (got \(batchSize))") }
     guard processes > 0 else { throw bad("processes must be positive (got \(processes))") }
     guard blr.isFinite, blr > 0 else { throw bad("blr (--blr) must be positive (got \(blr))") }
     guard minLR.isFinite, minLR >= 0 else { throw bad("minLR must be finite and ≥ 0 (got \(minLR))") }
@@ -70,8 +70,11 @@ public struct FinetuneConfig: Codable, Sendable {
     try unit(smoothing, "smoothing", open: true)
     try unit(maxUnreadableFraction, "maxUnreadableFraction (--max-unreadable)")
     if let m = mixup {
-      guard m.mixupAlpha.isFinite, m.mixupAlpha >= 0, m.cutmixAlpha.isFinite, m.cutmixAlpha >= 0 else {
-        throw bad("mixup.mixupAlpha and mixup.cutmixAlpha must be finite and ≥ 0 (got \(m.mixupAlpha), \(m.cutmixAlpha))")
+      // timm's Mixup asserts the same: at least one of the two is on.
+      guard m.mixupAlpha.isFinite, m.mixupAlpha >= 0, m.cutmixAlpha.isFinite, m.cutmixAlpha >= 0,
+            m.mixupAlpha > 0 || m.cutmixAlpha > 0 else {
+        throw bad("mixup.mixupAlpha and mixup.cutmixAlpha must be finite and ≥ 0, one of them > 0 (got \(m.mixupAlpha), "
+          + "\(m.cutmixAlpha)); turn Mixup off with --no-mixup")
       }
       try unit(m.prob, "mixup.prob")
       try unit(m.switchProb, "mixup.switchProb")

@@ -229,9 +229,9 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
   /// Checks that the numbers make sense together; the message names the field.
   public func validate() throws {
     func bad(_ m: String) -> PretrainError { .invalidConfig(m) }
-    guard epochs > 0 else { throw bad("epochs (--epochs) must be positive (got \(epochs))") }
-    guard batchSize > 0 else { throw bad("batchSize (--batch-size) must be positive (got \(batchSize))") }
-    guard accumulation > 0 else { throw bad("accumulation (--accumulation) must be positive (got \(accumulation))") }
+    guard epochs > 0, epochs <= 1_000_000 else { throw bad("epochs (--epochs) must be in 1...1000000 (got \(epochs))") }
+    guard batchSize > 0, batchSize <= 1 << 24 else { throw bad("batchSize (--batch-size) must be in 1...\(1 << 24) (got \(batchSize))") }
+    guard accumulation > 0, accumulation <= 1 << 20 else { throw bad("accumulation (--accumulation) must be in 1...\(1 << 20) (got \(accumulation))") }
     guard processes > 0 else { throw bad("processes must be positive (got \(processes))") }
     guard maskRatio >= 0 && maskRatio < 1 else { throw bad("maskRatio (--mask-ratio) must be in [0, 1) (got \(maskRatio))") }
     guard blr > 0 else { throw bad("blr (--blr) must be positive (got \(blr))") }
@@ -258,11 +258,16 @@ public struct PretrainConfig: Codable, Sendable, Equatable {
     guard model.encoder.imageSize == imageSize else {
       throw bad("imageSize \(imageSize) must equal model.encoder.imageSize \(model.encoder.imageSize)")
     }
+    // The model's sizes first: they bound the token count used below (an image size of 2^40 overflowed it).
+    do { try model.validate() } catch { throw bad("\(error)") }
     guard Masking.lenKeep(patches: model.encoder.numPatches, maskRatio: maskRatio) >= 1 else {
       throw bad("maskRatio (--mask-ratio) \(maskRatio) keeps no patch of the \(model.encoder.numPatches)")
     }
-    if let t = teacherImageSize { guard t > 0 else { throw bad("teacherImageSize (--teacher-image-size) must be positive (got \(t))") } }
-    do { try model.validate() } catch { throw bad("\(error)") }
+    if let t = teacherImageSize {
+      guard t > 0, t <= ViTConfig.maxSize else {
+        throw bad("teacherImageSize (--teacher-image-size) must be in 1...\(ViTConfig.maxSize) (got \(t))")
+      }
+    }
   }
 
   /// A JSON encoder for configurations and states: sorted keys, indented, the image size stated once (at the top,

@@ -2,6 +2,7 @@
 // docs/reliability.md is `milan-fuzz --inputs 100000`; CI runs a short fixed-seed pass (FuzzSmokeTests).
 //   milan-fuzz [--reader NAME] [--inputs N] [--seed S] [--json out.json]
 //   milan-fuzz --replay READER:INDEX [--seed S] --write input.bin     (make a reported input again)
+//   milan-fuzz --reader READER --file input.bin                       (run one input, e.g. a libFuzzer finding)
 import ArgumentParser
 import Foundation
 import MilanFuzz
@@ -20,6 +21,7 @@ struct MilanFuzzCommand: ParsableCommand {
   @Option(help: "Write the reports as JSON here.") var json: String?
   @Option(help: "READER:INDEX: write that input (see --write) instead of fuzzing.") var replay: String?
   @Option(help: "With --replay: the file to write.") var write: String?
+  @Option(help: "With --reader: run the reader on this file once and print the outcome and the time.") var file: String?
 
   func run() throws {
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("milan-fuzz-\(getpid())")
@@ -36,6 +38,17 @@ struct MilanFuzzCommand: ParsableCommand {
       guard let write else { throw ValidationError("--replay needs --write FILE") }
       try Data(bytes).write(to: URL(fileURLWithPath: write))
       print("wrote \(bytes.count) bytes to \(write)")
+      return
+    }
+    if let file {
+      guard reader != nil, let t = targets.first else { throw ValidationError("--file needs --reader") }
+      let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+      let t0 = DispatchTime.now().uptimeNanoseconds
+      var outcome = "accepted"
+      do { try t.run(bytes) } catch { outcome = "refused: \(error)" }
+      let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+      print(String(format: "%@: %d bytes, %.1f ms, max RSS %.0f MB, %@", t.name, bytes.count, ms, FuzzRunner.maxRSSMB(),
+                   outcome))
       return
     }
     let marker = scratch.appendingPathComponent("current-input")

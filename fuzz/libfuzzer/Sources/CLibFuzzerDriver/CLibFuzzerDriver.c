@@ -1,0 +1,2 @@
+// Header-only target (CLibFuzzerDriver.h); SwiftPM wants one source file.
+#include "CLibFuzzerDriver.h"
