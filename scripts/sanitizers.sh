@@ -12,13 +12,18 @@ which=("${@:-address thread}")
 filter='PretrainerTests|EvaluationTests|GoldenTests|KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
 for s in ${which[*]}; do
   dir=.build-$s
+  # ThreadSanitizer's runtime cannot start under a small RLIMIT_FSIZE (it takes SIGBUS in its own shadow-memory
+  # access, before main; reproduced with `prlimit --fsize=420 milan --help`), which the disk-full test imposes on its
+  # child process. That test runs under AddressSanitizer and in the normal suite.
+  skip=()
+  [ "$s" = thread ] && skip=(--skip aFailedCheckpointSaveKeepsThePreviousCheckpointWhole)
   echo "sanitizers: building with --sanitize=$s in $dir"
   swift build --build-tests --sanitize="$s" --scratch-path "$dir" 2>&1 | tail -2
   echo "sanitizers: testing ($filter)"
   start=$(date +%s)
   set +e
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-    swift test --skip-build --sanitize="$s" --scratch-path "$dir" --filter "$filter" > "/tmp/milan-$s.log" 2>&1
+    swift test --skip-build --sanitize="$s" --scratch-path "$dir" --filter "$filter" "${skip[@]}" > "/tmp/milan-$s.log" 2>&1
   status=$?
   set -e
   grep -E "Test run with|✘|ERROR: (Address|Thread)Sanitizer|WARNING: ThreadSanitizer" "/tmp/milan-$s.log" | head -20 || true
