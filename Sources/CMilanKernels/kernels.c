@@ -670,6 +670,100 @@ void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Linear layers with frozen, pre-packed weights
+
+long milan_packed_weight_count(long n, long k) { return (n + 31) / 32 * 32 * k; }
+
+void milan_pack_weight(const float *w, long n, long k, float *packed) {
+  for (long p0 = 0; p0 < n; p0 += 32)
+    for (long kk = 0; kk < k; kk++)
+      for (long j = 0; j < 32; j++) *packed++ = p0 + j < n ? w[(p0 + j) * k + kk] : 0.0f;
+}
+
+static void packed_linear_scalar(const float *x, long ldx, long rows, long k, const float *packed, long n,
+                                 const float *bias, float *y, long ldy) {
+  for (long r = 0; r < rows; r++)
+    for (long j = 0; j < n; j++) {
+      const float *wp = packed + (j / 32) * 32 * k + (j % 32);
+      float s = 0;
+      for (long kk = 0; kk < k; kk++) s += x[r * ldx + kk] * wp[kk * 32];
+      y[r * ldy + j] = s + (bias ? bias[j] : 0.0f);
+    }
+}
+
+#if MILAN_X86
+#define AVX512 __attribute__((target("avx512f")))
+
+// Rows [0, rows) (rows ≤ 8) of one 32-output panel: 16 accumulators, the panel's two vectors per k, one broadcast
+// per row. Rows past `rows` read row 0 again and are not stored; outputs past `cols` (≤ 32) are masked.
+AVX512 static inline void packed_tile(long k, const float *x, long ldx, const float *wp, float *y, long ldy,
+                                      const float *bias, int rows, int cols) {
+  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+  __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+  __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+  __m512 c00 = b0, c01 = b1, c10 = b0, c11 = b1, c20 = b0, c21 = b1, c30 = b0, c31 = b1;
+  __m512 c40 = b0, c41 = b1, c50 = b0, c51 = b1, c60 = b0, c61 = b1, c70 = b0, c71 = b1;
+  const float *x0 = x, *x1 = x + (rows > 1) * ldx, *x2 = x + (rows > 2) * 2 * ldx, *x3 = x + (rows > 3) * 3 * ldx;
+  const float *x4 = x + (rows > 4) * 4 * ldx, *x5 = x + (rows > 5) * 5 * ldx, *x6 = x + (rows > 6) * 6 * ldx;
+  const float *x7 = x + (rows > 7) * 7 * ldx;
+  for (long kk = 0; kk < k; kk++, wp += 32) {
+    __m512 w0 = _mm512_loadu_ps(wp), w1 = _mm512_loadu_ps(wp + 16), a;
+    a = _mm512_set1_ps(x0[kk]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
+    a = _mm512_set1_ps(x1[kk]); c10 = _mm512_fmadd_ps(a, w0, c10); c11 = _mm512_fmadd_ps(a, w1, c11);
+    a = _mm512_set1_ps(x2[kk]); c20 = _mm512_fmadd_ps(a, w0, c20); c21 = _mm512_fmadd_ps(a, w1, c21);
+    a = _mm512_set1_ps(x3[kk]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
+    a = _mm512_set1_ps(x4[kk]); c40 = _mm512_fmadd_ps(a, w0, c40); c41 = _mm512_fmadd_ps(a, w1, c41);
+    a = _mm512_set1_ps(x5[kk]); c50 = _mm512_fmadd_ps(a, w0, c50); c51 = _mm512_fmadd_ps(a, w1, c51);
+    a = _mm512_set1_ps(x6[kk]); c60 = _mm512_fmadd_ps(a, w0, c60); c61 = _mm512_fmadd_ps(a, w1, c61);
+    a = _mm512_set1_ps(x7[kk]); c70 = _mm512_fmadd_ps(a, w0, c70); c71 = _mm512_fmadd_ps(a, w1, c71);
+  }
+  __m512 r[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
+  for (int i = 0; i < rows; i++) {
+    _mm512_mask_storeu_ps(y + i * ldy, m0, r[2 * i]);
+    if (m1) _mm512_mask_storeu_ps(y + i * ldy + 16, m1, r[2 * i + 1]);
+  }
+}
+
+// Blocks of 16 rows (they stay in L1/L2 across the panels), every panel, tiles of 8 rows.
+AVX512 static void packed_linear_avx512(const float *x, long ldx, long rows, long k, const float *packed, long n,
+                                        const float *bias, float *y, long ldy) {
+  for (long i0 = 0; i0 < rows; i0 += 16) {
+    long i1 = i0 + 16 < rows ? i0 + 16 : rows;
+    for (long p0 = 0; p0 < n; p0 += 32) {
+      int cols = n - p0 < 32 ? (int)(n - p0) : 32;
+      for (long i = i0; i < i1; i += 8)
+        packed_tile(k, x + i * ldx, ldx, packed + p0 * k, y + i * ldy + p0, ldy, bias ? bias + p0 : 0,
+                    i1 - i < 8 ? (int)(i1 - i) : 8, cols);
+    }
+  }
+}
+#endif
+
+int milan_packed_linear_avx512(void) {
+#if MILAN_X86
+  static int level = -1;
+  int l = __atomic_load_n(&level, __ATOMIC_RELAXED);
+  if (l < 0) {
+    __builtin_cpu_init();
+    l = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    __atomic_store_n(&level, l, __ATOMIC_RELAXED);
+  }
+  return l && milan_simd_level() > 0;
+#else
+  return 0;
+#endif
+}
+
+void milan_packed_linear(const float *x, long ldx, long rows, long k, const float *packed, long n, const float *bias,
+                         float *y, long ldy) {
+#if MILAN_X86
+  if (milan_packed_linear_avx512()) { packed_linear_avx512(x, ldx, rows, k, packed, n, bias, y, ldy); return; }
+#endif
+  packed_linear_scalar(x, ldx, rows, k, packed, n, bias, y, ldy);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // AdamW
 
 static inline void s_adamw(float *w, const float *g, float *m, float *v, long i, float decay, float b1c, float b2,

@@ -14,6 +14,10 @@ public class Variable: CustomStringConvertible {
   public var grad: Tensor?
   public let requiresGrad: Bool
   public var name: String
+  /// This variable's value packed for `linear` with frozen weights (`Module.packLinearWeightsForInference`; the
+  /// value's own storage may hold the packed layout): `linear` then runs the packed product, forwards only. nil by
+  /// default and again after `Module.load` writes plain values.
+  public var packedWeight: PackedWeight?
 
   var parents: [Variable]
   var backwardFn: ((Tensor) -> Void)?

@@ -120,7 +120,10 @@ public final class CLIPVisionTower: Module {
 
   /// MILAN's teacher forward: features ln_post(h)·proj for every token and the last block's class attention.
   public func encode(_ images: Tensor) -> TeacherOutput {
-    Autograd.noGrad {
+    // The teacher's weights are frozen: its linear layers run on weights packed once (at the first forward, and
+    // again after a load).
+    packLinearWeightsForInference(extra: transformer.resblocks.items.map(\.attn.inProjWeight))
+    return Autograd.noGrad {
       let c = config, d = c.width
       let gh = images.shape[2] / c.patchSize, gw = images.shape[3] / c.patchSize
       var x = patchEmbed(Variable(images), weight: conv1.weight, bias: nil)

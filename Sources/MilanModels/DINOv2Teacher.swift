@@ -160,7 +160,10 @@ public final class DINOv2Teacher: Module, Teacher {
   }
 
   public func encode(_ images: Tensor) -> TeacherOutput {
-    Autograd.noGrad {
+    // The teacher's weights are frozen: its linear layers run on weights packed once (at the first forward, and
+    // again after a load).
+    packLinearWeightsForInference()
+    return Autograd.noGrad {
       let p = config.patchSize
       let gh = images.shape[2] / p, gw = images.shape[3] / p
       var x = patchEmbed(Variable(images), weight: embeddings.patchEmbeddings.projection.weight,

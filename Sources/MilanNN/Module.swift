@@ -57,8 +57,32 @@ extension Module {
       throw LoadError(missing: strict ? missing : [], unexpected: unexpected, mismatched: mismatched)
     }
     for (key, p) in params {
-      if let t = tensors[key] { p.value.assign(t) }
+      if let t = tensors[key] {
+        p.value.assign(t)
+        p.packedWeight = nil  // packed from the old values
+      }
     }
+  }
+
+  /// Packs the weight of every `Linear` in the tree, and `extra` weights used by `linear` directly, for forwards
+  /// without gradients (`PackedWeight`): for modules whose weights no longer change, such as a teacher. A weight of
+  /// 32k outputs is packed in its own storage (no extra memory; its `value` then holds the packed layout, which only
+  /// `linear` reads, until `load` writes plain values again); others get a packed copy. Weights already packed are
+  /// kept; on a CPU without AVX-512 nothing is packed (BLAS is faster there).
+  public func packLinearWeightsForInference(extra: [Parameter] = []) {
+    guard PackedWeight.fast else { return }
+    PackedWeight.packingLock.lock()
+    defer { PackedWeight.packingLock.unlock() }
+    func pack(_ p: Parameter) {
+      guard p.packedWeight == nil, p.value.rank == 2 else { return }
+      p.packedWeight = PackedWeight.packing(p.value).packed
+    }
+    func walk(_ m: any Module) {
+      if let l = m as? Linear { pack(l.weight) }
+      for (_, c) in m.children { walk(c) }
+    }
+    walk(self)
+    extra.forEach(pack)
   }
 
   /// `load` for tensors read from `file`: a mismatch names the file.

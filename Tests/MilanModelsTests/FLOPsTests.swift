@@ -10,8 +10,12 @@ import MilanTestSupport
 import Testing
 
 @Suite(.serialized) struct FLOPsTests {
-  /// Runs `body` with the counter on and returns the FLOPs it issued.
+  /// Runs `body` with the counter on and returns the FLOPs it issued. The counter is process-wide, so a GEMM another
+  /// suite runs meanwhile would be counted too: the kernel suite (the busiest) is kept out by the lock it holds while
+  /// it switches SIMD paths.
   func counted(_ body: () throws -> Void) rethrows -> Double {
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
     BLAS.countFLOPs = true
     defer { BLAS.countFLOPs = false }
     _ = BLAS.takeCountedFLOPs()

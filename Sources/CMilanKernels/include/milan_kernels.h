@@ -47,6 +47,17 @@ void milan_log_softmax_fwd(const float *x, float *y, long rows, long n);
 // dx += dy - exp(y) * sum(dy) (dx = ... when accumulate == 0).
 void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n, int accumulate);
 
+// Linear layers with frozen weights (the teachers), W [n, k] packed once into panels of 32 output features:
+// panel p holds, for every k, the 32 floats W[32p + j, k] (zero past n). Floats the packed copy needs:
+long milan_packed_weight_count(long n, long k);
+void milan_pack_weight(const float *w, long n, long k, float *packed);
+// Whether this CPU runs the packed product with AVX-512 (else a portable loop over the same layout).
+int milan_packed_linear_avx512(void);
+// y[r, :] = x[r, :] · Wᵀ + bias for rows r in [0, rows) (x rows ldx floats apart, y rows ldy apart; bias may be NULL).
+// 8 rows × 32 outputs per register tile, x read in place, no other packing; one thread (callers split rows).
+void milan_packed_linear(const float *x, long ldx, long rows, long k, const float *packed, long n, const float *bias,
+                         float *y, long ldy);
+
 // One AdamW update (PyTorch's torch.optim.AdamW, single-tensor) over n elements:
 //   w *= decay (= 1 - lr * weight_decay); m += (1 - b1) * (g - m); v = b2 * v + (1 - b2) * g * g;
 //   w -= step_size * m / (sqrt(v) / bc2_sqrt + eps)   with step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t).

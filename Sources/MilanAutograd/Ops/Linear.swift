@@ -8,6 +8,13 @@ public func linear(_ x: Variable, _ weight: Variable, _ bias: Variable? = nil) -
   if let bias { precondition(bias.shape == [outF], "linear: bias \(bias.shape), expected [\(outF)]") }
   let rows = x.value.rows
   let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outF])
+  if let packed = weight.packedWeight {
+    // Frozen weights packed once (a teacher's forward; the weight's own storage may hold the packed layout, so this is
+    // the only way to use it): forwards only, without gradients.
+    precondition(!Autograd.isGradEnabled, "linear: a weight packed for inference (\(weight.name)) used with gradients")
+    Kernels.packedLinearForward(x: x.value.data, packed: packed, bias: bias?.value.data, y: y.data, rows: rows)
+    return Variable(y)
+  }
   Kernels.linearForward(x: x.value.data, weight: weight.value.data, bias: bias?.value.data, y: y.data, rows: rows,
                         inFeatures: inF, outFeatures: outF)
   let inputs = bias.map { [x, weight, $0] } ?? [x, weight]

@@ -1,0 +1,62 @@
+// Linear layers whose weights never change (the teachers): the weight [out, in] is packed once into panels of 32
+// outputs (`milan_pack_weight`), and every forward is one pass of an AVX-512 register-tiled product over the packed
+// panels with the bias in its initial value — no per-call packing of the weights and no separate bias pass, the two
+// costs around OpenBLAS's kernel in a teacher's forward (docs/benchmarks.md). Used only where the CPU has AVX-512;
+// `Naive.linear` is the reference, and the portable loop over the same layout is what the tests run at SIMD level 0.
+import CMilanKernels
+import Foundation
+
+/// A linear layer's weight [outFeatures, inFeatures] packed for `Kernels.packedLinearForward`.
+public final class PackedWeight: @unchecked Sendable {
+  public let outFeatures: Int, inFeatures: Int
+  let panels: Tensor  // ⌈out / 32⌉ panels × inFeatures × 32 floats
+
+  /// `weight`: [outFeatures, inFeatures], row-major (PyTorch's layout); packed into a buffer of its own.
+  public init(_ weight: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int) {
+    self.outFeatures = outFeatures
+    self.inFeatures = inFeatures
+    panels = Tensor(uninitialized: [milan_packed_weight_count(outFeatures, inFeatures)])
+    milan_pack_weight(weight, outFeatures, inFeatures, panels.data)
+  }
+
+  /// Packs `weight` [outFeatures, inFeatures] into its own storage when the panels fit exactly (outFeatures a multiple
+  /// of 32, as every ViT width is), so frozen weights cost no extra memory; otherwise into a new buffer.
+  /// `inPlace` says which: after an in-place pack the tensor holds the packed layout, not the weight.
+  public static func packing(_ weight: Tensor) -> (packed: PackedWeight, inPlace: Bool) {
+    let n = weight.shape[0], k = weight.shape[1]
+    let packed = PackedWeight(weight.data, outFeatures: n, inFeatures: k)
+    guard milan_packed_weight_count(n, k) == weight.count else { return (packed, false) }
+    weight.data.update(from: packed.panels.data, count: weight.count)
+    return (PackedWeight(sharing: weight, outFeatures: n, inFeatures: k), true)
+  }
+
+  private init(sharing panels: Tensor, outFeatures: Int, inFeatures: Int) {
+    self.outFeatures = outFeatures
+    self.inFeatures = inFeatures
+    self.panels = panels
+  }
+
+  /// Whether frozen weights get packed: this CPU runs the packed product with AVX-512 (elsewhere BLAS is faster) and
+  /// `MILAN_PACKED_LINEAR=0` does not turn it off (for A/B runs).
+  public static var fast: Bool { enabled && milan_packed_linear_avx512() != 0 }
+  /// Held while weights are being packed: two first forwards of one teacher on two threads must not pack a weight
+  /// twice (an in-place pack of packed data would scramble it).
+  public static let packingLock = NSLock()
+  nonisolated(unsafe) public static var enabled: Bool = ProcessInfo.processInfo.environment["MILAN_PACKED_LINEAR"] != "0"
+}
+
+extension Kernels {
+  /// y[rows, out] = x[rows, in] · Wᵀ + bias with the packed weight; rows split across threads in tiles of 8.
+  public static func packedLinearForward(x: UnsafePointer<Float>, packed w: PackedWeight, bias: UnsafePointer<Float>?,
+                                         y: UnsafeMutablePointer<Float>, rows: Int) {
+    if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * w.outFeatures * w.inFeatures)) }
+    let k = w.inFeatures, n = w.outFeatures
+    nonisolated(unsafe) let x = x, y = y, bias = bias, panels = UnsafePointer(w.panels.data)
+    let tiles = (rows + 7) / 8
+    // Enough work per part that a thread's share is not dwarfed by the dispatch (≥ 8 tiles unless the product is small).
+    Parallel.forEachChunk(tiles, minChunk: max(1, min(8, (1 << 18) / max(1, 8 * n * k)))) { r in
+      let lo = r.lowerBound * 8, hi = min(rows, r.upperBound * 8)
+      milan_packed_linear(x + lo * k, k, hi - lo, k, panels, n, bias, y + lo * n, n)
+    }
+  }
+}
