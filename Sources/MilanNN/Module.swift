@@ -75,7 +75,7 @@ extension Module {
     defer { PackedWeight.packingLock.unlock() }
     func pack(_ p: Parameter) {
       guard p.packedWeight == nil, p.value.rank == 2 else { return }
-      p.packedWeight = PackedWeight.packing(p.value).packed
+      p.packedWeight = PackedWeight.packing(p.value)
     }
     func walk(_ m: any Module) {
       if let l = m as? Linear { pack(l.weight) }

@@ -38,12 +38,7 @@ extension Milan {
       let group = try runtime.start()
       var base: PretrainConfig
       if let config {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: config)) } catch {
-          throw ValidationError("--config \(config): cannot read it (\(error.localizedDescription))")
-        }
-        do { base = try JSONDecoder().decode(PretrainConfig.self, from: data) }
-        catch let e as DecodingError { throw ValidationError("--config \(config): \(describe(e, data: data))") }
+        base = try configFile(PretrainConfig.self, config)
       } else {
         base = .fashionDemo(dataDir: PretrainConfig.defaultDataDir, teacherPath: "", outputDir: output)
       }

@@ -145,15 +145,7 @@ extension Milan {
     func configuration() throws -> PretrainConfig {
       var c = PretrainConfig.defaults
       if let config {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: config)) } catch {
-          throw ValidationError("--config \(config): cannot read it (\(error.localizedDescription))")
-        }
-        do { c = try JSONDecoder().decode(PretrainConfig.self, from: data) } catch let e as DecodingError {
-          throw ValidationError("--config \(config): \(describe(e, data: data))")
-        } catch {
-          throw ValidationError("--config \(config): not JSON (\(error.localizedDescription))")
-        }
+        c = try configFile(PretrainConfig.self, config)
         // A file that cannot train is refused by its name, before flags change it.
         do { try c.validate() } catch { throw ValidationError("--config \(config): \(error)") }
       }
@@ -225,3 +217,16 @@ func choice<T: RawRepresentable & CaseIterable>(_ value: String, _ option: Strin
   return v
 }
 
+/// The `--config` file at `path` decoded as `T`; any failure is a validation error naming the file (unreadable, not
+/// JSON, or the key and value that do not fit).
+func configFile<T: Decodable>(_ type: T.Type, _ path: String) throws -> T {
+  let data: Data
+  do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+    throw ValidationError("--config \(path): cannot read it (\(error.localizedDescription))")
+  }
+  do { return try JSONDecoder().decode(T.self, from: data) } catch let e as DecodingError {
+    throw ValidationError("--config \(path): \(describe(e, data: data))")
+  } catch {
+    throw ValidationError("--config \(path): not JSON (\(error.localizedDescription))")
+  }
+}

@@ -53,13 +53,7 @@ extension Milan {
       let weights = try SafeTensorsFile(contentsOf: url)
       var cfg: MILANConfig
       if let config {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: config)) } catch {
-          throw ValidationError("--config \(config): cannot read it (\(error.localizedDescription))")
-        }
-        do { cfg = try JSONDecoder().decode(MILANConfig.self, from: data) } catch let e as DecodingError {
-          throw ValidationError("--config \(config): \(describe(e, data: data))")
-        }
+        cfg = try configFile(MILANConfig.self, config)
       } else {
         cfg = try SingleStep.config(of: weights)
       }

@@ -20,14 +20,14 @@ public final class PackedWeight: @unchecked Sendable {
   }
 
   /// Packs `weight` [outFeatures, inFeatures] into its own storage when the panels fit exactly (outFeatures a multiple
-  /// of 32, as every ViT width is), so frozen weights cost no extra memory; otherwise into a new buffer.
-  /// `inPlace` says which: after an in-place pack the tensor holds the packed layout, not the weight.
-  public static func packing(_ weight: Tensor) -> (packed: PackedWeight, inPlace: Bool) {
+  /// of 32, as every ViT width is), so frozen weights cost no extra memory; the tensor then holds the packed layout,
+  /// not the weight. Otherwise into a new buffer.
+  public static func packing(_ weight: Tensor) -> PackedWeight {
     let n = weight.shape[0], k = weight.shape[1]
     let packed = PackedWeight(weight.data, outFeatures: n, inFeatures: k)
-    guard milan_packed_weight_count(n, k) == weight.count else { return (packed, false) }
+    guard milan_packed_weight_count(n, k) == weight.count else { return packed }
     weight.data.update(from: packed.panels.data, count: weight.count)
-    return (PackedWeight(sharing: weight, outFeatures: n, inFeatures: k), true)
+    return PackedWeight(sharing: weight, outFeatures: n, inFeatures: k)
   }
 
   private init(sharing panels: Tensor, outFeatures: Int, inFeatures: Int) {
@@ -53,7 +53,7 @@ extension Kernels {
     let k = w.inFeatures, n = w.outFeatures
     nonisolated(unsafe) let x = x, y = y, bias = bias, panels = UnsafePointer(w.panels.data)
     let tiles = (rows + 7) / 8
-    // Enough work per part that a thread's share is not dwarfed by the dispatch (≥ 8 tiles unless the product is small).
+    // Parts of at least 2^18 multiply-adds (up to 8 tiles), so a small product is not split below the dispatch cost.
     Parallel.forEachChunk(tiles, minChunk: max(1, min(8, (1 << 18) / max(1, 8 * n * k)))) { r in
       let lo = r.lowerBound * 8, hi = min(rows, r.upperBound * 8)
       milan_packed_linear(x + lo * k, k, hi - lo, k, panels, n, bias, y + lo * n, n)
