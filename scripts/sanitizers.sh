@@ -2,14 +2,15 @@
 # The test suite's representative part under AddressSanitizer and ThreadSanitizer: the C kernels (SIMD row and
 # element-wise bodies, AdamW, FMA loop), the codecs (libjpeg-turbo / libpng error paths through setjmp/longjmp),
 # every reader of outside bytes (safetensors, ONNX, IDX, gzip, JSON; the fuzz smoke pass), staged checkpoint files,
-# the GEMM split across threads, the buffer pool, and a folder pretraining run with its background image decoder.
-# Each sanitizer builds in its own folder (.build-address, .build-thread; debug, as sanitizers need) and ends with a
-# summary line; a finding makes the test fail (ASan aborts, TSan is made fatal by halt_on_error).
+# the GEMM split across threads, the spinning worker pool (ParallelTests), the buffer pool, and a folder pretraining
+# run with its background image decoder. Each sanitizer builds in its own folder (.build-address, .build-thread;
+# debug, as sanitizers need) and ends with a summary line; a finding makes the test fail (ASan aborts, TSan is made
+# fatal by halt_on_error).
 #   bash scripts/sanitizers.sh [address|thread]...     (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=("${@:-address thread}")
-filter='PretrainerTests|EvaluationTests|GoldenTests|KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
+filter='ParallelTests|PretrainerTests|EvaluationTests|GoldenTests|KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
 for s in ${which[*]}; do
   dir=.build-$s
   # ThreadSanitizer's runtime cannot start under a small RLIMIT_FSIZE (it takes SIGBUS in its own shadow-memory

@@ -32,6 +32,7 @@ public enum Parallel {
       for p in 0..<parts { body(p) }
       return
     }
+    if usesPool && runOnPool(parts: parts, body) { return }
     withoutActuallyEscaping(body) { body in
       let box = UncheckedBox(body)
       if workers == parts {
@@ -41,6 +42,23 @@ public enum Parallel {
       let next = PartCounter(parts)
       DispatchQueue.concurrentPerform(iterations: workers) { _ in
         while let p = next.take() { box.value(p) }
+      }
+    }
+  }
+
+  /// Whether parallel regions run on the project's spinning worker pool (`milan_pool_run`, thread_pool.c) rather than
+  /// on Dispatch; `MILAN_POOL=0` selects Dispatch (A/B runs). The pool's workers poll for the next region for a few
+  /// hundred microseconds before sleeping, so back-to-back regions (a training step issues hundreds) do not wait for
+  /// an OS wake-up. A region started while another runs (another thread's, or nested) uses Dispatch.
+  nonisolated(unsafe) public static var usesPool: Bool = ProcessInfo.processInfo.environment["MILAN_POOL"] != "0"
+
+  private static func runOnPool(parts: Int, _ body: (Int) -> Void) -> Bool {
+    withoutActuallyEscaping(body) { body in
+      var fn = body
+      return withUnsafeMutablePointer(to: &fn) { ctx in
+        milan_pool_run(parts, Int32(clamping: threads), { ctx, part in
+          ctx!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(part)
+        }, ctx) != 0
       }
     }
   }

@@ -20,6 +20,13 @@ int milan_set_simd_level(int level);
 /// Cores in this process's affinity mask (sched_getaffinity), 0 when it cannot be read.
 int milan_usable_cores(void);
 
+// Runs fn(ctx, part) for every part in [0, parts) on the calling thread and up to threads - 1 pooled workers that
+// poll for work between regions (thread_pool.c); parts are handed out one at a time. Returns 0 without running
+// anything when threads < 2, or when a region is already running (another thread's, or a nested call from inside
+// a part): the caller then runs the parts some other way.
+typedef void (*milan_pool_fn)(void *ctx, long part);
+int milan_pool_run(long parts, int threads, milan_pool_fn fn, void *ctx);
+
 // y = f(x); dx += dy * f'(x) (or dx = dy * f'(x) when accumulate == 0). In-place (y == x) is allowed for the forwards.
 void milan_gelu_erf_fwd(const float *x, float *y, long n);
 void milan_gelu_erf_bwd(const float *x, const float *dy, float *dx, long n, int accumulate);
