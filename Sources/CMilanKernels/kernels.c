@@ -674,20 +674,41 @@ void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows
 
 long milan_packed_weight_count(long n, long k) { return (n + 31) / 32 * 32 * k; }
 
-void milan_pack_weight(const float *w, long n, long k, float *packed) {
-  for (long p0 = 0; p0 < n; p0 += 32)
-    for (long kk = 0; kk < k; kk++)
-      for (long j = 0; j < 32; j++) *packed++ = p0 + j < n ? w[(p0 + j) * k + kk] : 0.0f;
+void milan_pack_weight(const float *w, long n, long k, float *packed) { milan_pack_weight_panels(w, n, k, 0, (n + 31) / 32, packed); }
+
+void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed) {
+  for (long p = p_lo; p < p_hi; p++) {
+    float *dst = packed + p * 32 * k;
+    for (long j = 0; j < 32; j++) {
+      long o = p * 32 + j;
+      if (o < n) {
+        const float *src = w + o * k;
+        for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = src[kk];
+      } else
+        for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = 0.0f;
+    }
+  }
+}
+
+void milan_pack_rows_panels(const float *b, long k, long n, long p_lo, long p_hi, float *packed) {
+  for (long p = p_lo; p < p_hi; p++) {
+    float *dst = packed + p * 32 * k;
+    long c0 = p * 32, cols = n - c0 < 32 ? n - c0 : 32;
+    for (long kk = 0; kk < k; kk++) {
+      memcpy(dst + kk * 32, b + kk * n + c0, (size_t)cols * sizeof(float));
+      for (long j = cols; j < 32; j++) dst[kk * 32 + j] = 0.0f;
+    }
+  }
 }
 
 static void packed_linear_scalar(const float *x, long ldx, long rows, long k, const float *packed, long n,
-                                 const float *bias, float *y, long ldy) {
+                                 const float *bias, float *y, long ldy, int acc) {
   for (long r = 0; r < rows; r++)
     for (long j = 0; j < n; j++) {
       const float *wp = packed + (j / 32) * 32 * k + (j % 32);
-      float s = 0;
+      float s = bias ? bias[j] : 0.0f;
       for (long kk = 0; kk < k; kk++) s += x[r * ldx + kk] * wp[kk * 32];
-      y[r * ldy + j] = s + (bias ? bias[j] : 0.0f);
+      y[r * ldy + j] = acc ? y[r * ldy + j] + s : s;
     }
 }
 
@@ -697,7 +718,7 @@ static void packed_linear_scalar(const float *x, long ldx, long rows, long k, co
 // Rows [0, rows) (rows ≤ 8) of one 32-output panel: 16 accumulators, the panel's two vectors per k, one broadcast
 // per row. Rows past `rows` read row 0 again and are not stored; outputs past `cols` (≤ 32) are masked.
 AVX512 static inline void packed_tile(long k, const float *x, long ldx, const float *wp, float *y, long ldy,
-                                      const float *bias, int rows, int cols) {
+                                      const float *bias, int rows, int cols, int acc) {
   __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
   __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
   __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -720,21 +741,26 @@ AVX512 static inline void packed_tile(long k, const float *x, long ldx, const fl
   }
   __m512 r[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
   for (int i = 0; i < rows; i++) {
-    _mm512_mask_storeu_ps(y + i * ldy, m0, r[2 * i]);
-    if (m1) _mm512_mask_storeu_ps(y + i * ldy + 16, m1, r[2 * i + 1]);
+    float *yi = y + i * ldy;
+    if (acc) {
+      r[2 * i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[2 * i]);
+      r[2 * i + 1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yi + 16), r[2 * i + 1]);
+    }
+    _mm512_mask_storeu_ps(yi, m0, r[2 * i]);
+    if (m1) _mm512_mask_storeu_ps(yi + 16, m1, r[2 * i + 1]);
   }
 }
 
 // Blocks of 16 rows (they stay in L1/L2 across the panels), every panel, tiles of 8 rows.
 AVX512 static void packed_linear_avx512(const float *x, long ldx, long rows, long k, const float *packed, long n,
-                                        const float *bias, float *y, long ldy) {
+                                        const float *bias, float *y, long ldy, int acc) {
   for (long i0 = 0; i0 < rows; i0 += 16) {
     long i1 = i0 + 16 < rows ? i0 + 16 : rows;
     for (long p0 = 0; p0 < n; p0 += 32) {
       int cols = n - p0 < 32 ? (int)(n - p0) : 32;
       for (long i = i0; i < i1; i += 8)
         packed_tile(k, x + i * ldx, ldx, packed + p0 * k, y + i * ldy + p0, ldy, bias ? bias + p0 : 0,
-                    i1 - i < 8 ? (int)(i1 - i) : 8, cols);
+                    i1 - i < 8 ? (int)(i1 - i) : 8, cols, acc);
     }
   }
 }
@@ -756,11 +782,14 @@ int milan_packed_linear_avx512(void) {
 }
 
 void milan_packed_linear(const float *x, long ldx, long rows, long k, const float *packed, long n, const float *bias,
-                         float *y, long ldy) {
+                         float *y, long ldy, int accumulate) {
 #if MILAN_X86
-  if (milan_packed_linear_avx512()) { packed_linear_avx512(x, ldx, rows, k, packed, n, bias, y, ldy); return; }
+  if (milan_packed_linear_avx512()) {
+    packed_linear_avx512(x, ldx, rows, k, packed, n, bias, y, ldy, accumulate);
+    return;
+  }
 #endif
-  packed_linear_scalar(x, ldx, rows, k, packed, n, bias, y, ldy);
+  packed_linear_scalar(x, ldx, rows, k, packed, n, bias, y, ldy, accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -198,6 +198,66 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     }
   }
 
+  /// Training linear layers whose inner dimension is at least twice the output's run on the packed kernel with the
+  /// weight packed per call (forward: W as panels of outputs; backward dX = dY·W: W's rows as panels): against the
+  /// float64 reference and against the BLAS path, with and without bias, dX written and accumulated, on odd sizes
+  /// (row tails, outputs past a multiple of 32).
+  @Test func packedTrainingProductsMatchNaiveAndBLAS() {
+    let saved = Kernels.packsTrainingProducts
+    defer { Kernels.packsTrainingProducts = saved }
+    var worst = 0.0
+    for (i, (rows, inF, outF)) in [(64, 96, 32), (67, 200, 45), (130, 192, 64), (9, 64, 40), (400, 33, 100)].enumerated() {
+      let x = randn([rows, inF], 1000 + UInt64(i)), w = randn([outF, inF], 1100 + UInt64(i))
+      let b = randn([outF], 1200 + UInt64(i)), dy = randn([rows, outF], 1300 + UInt64(i))
+      let dx0 = randn([rows, inF], 1400 + UInt64(i))
+      Kernels.packsTrainingProducts = true
+      let forwardPacked = Kernels.prefersPackedProduct(rows: rows, k: inF, n: outF)
+      let backwardPacked = Kernels.prefersPackedProduct(rows: rows, k: outF, n: inF)
+      // dX reference: dy·W (+ dx0 when accumulating).
+      var dxRef = [Double](repeating: 0, count: rows * inF)
+      for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
+        for j in 0..<inF { dxRef[r * inF + j] += g * Double(w.data[o * inF + j]) } } }
+      var results: [[[Float]]] = []
+      for packed in [true, false] {
+        Kernels.packsTrainingProducts = packed
+        var outs: [[Float]] = []
+        for withBias in [true, false] {
+          let y = Tensor(uninitialized: [rows, outF])
+          Kernels.linearForward(x: x.data, weight: w.data, bias: withBias ? b.data : nil, y: y.data, rows: rows,
+                                inFeatures: inF, outFeatures: outF)
+          let ref = Naive.linear(d(x), d(w), withBias ? d(b) : nil, rows: rows, inF: inF, outF: outF)
+          let r = compare(y.toArray(), ref, atol: 1e-5, rtol: 1e-5, "linear \(rows)x\(inF)→\(outF) bias \(withBias) packed \(packed && forwardPacked)")
+          #expect(r.ok)
+          worst = max(worst, r.maxAbs)
+          outs.append(y.toArray())
+        }
+        for accumulate in [false, true] {
+          let dx = Tensor(uninitialized: [rows, inF])
+          if accumulate { dx.data.update(from: dx0.data, count: dx.count) }
+          Kernels.linearBackward(dy: dy.data, x: x.data, weight: w.data, dx: dx.data, dWeight: nil, dBias: nil,
+                                 rows: rows, inFeatures: inF, outFeatures: outF, overwriteDx: !accumulate)
+          let ref = accumulate ? zip(dxRef, d(dx0)).map { $0 + $1 } : dxRef
+          let r = compare(dx.toArray(), ref, atol: 1e-5, rtol: 1e-5, "dX \(rows)x\(outF)→\(inF) accumulate \(accumulate) packed \(packed && backwardPacked)")
+          #expect(r.ok)
+          worst = max(worst, r.maxAbs)
+          outs.append(dx.toArray())
+        }
+        results.append(outs)
+      }
+      for (a, b) in zip(results[0], results[1]) {
+        #expect(compare(a, b.map(Double.init), atol: 1e-5, rtol: 1e-5, "packed vs BLAS \(rows)x\(inF)x\(outF)").ok)
+      }
+      print("packed training products \(rows)x\(inF)x\(outF): forward packed \(forwardPacked), dX packed \(backwardPacked)")
+    }
+    #if arch(x86_64)
+    Kernels.packsTrainingProducts = true
+    if PackedWeight.fast {  // the shapes above do reach the packed path on AVX-512 CPUs
+      #expect(Kernels.prefersPackedProduct(rows: 67, k: 200, n: 45) && Kernels.prefersPackedProduct(rows: 400, k: 100, n: 33))
+    }
+    #endif
+    print("packed training products: max |Δ| vs float64 \(worst)")
+  }
+
   @Test func attentionMatchesNaiveWithDifferentQueryAndKeyLengths() {
     for (b, h, dh, lq, lk) in [(2, 3, 8, 5, 7), (3, 4, 16, 37, 50), (2, 2, 32, 50, 50)] {
       let w = h * dh

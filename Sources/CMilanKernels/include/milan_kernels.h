@@ -58,12 +58,17 @@ void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows
 // panel p holds, for every k, the 32 floats W[32p + j, k] (zero past n). Floats the packed copy needs:
 long milan_packed_weight_count(long n, long k);
 void milan_pack_weight(const float *w, long n, long k, float *packed);
+// Panels [p_lo, p_hi) only (callers split the packing across threads), of W [n, k] as above, or of B [k, n]
+// row-major (the orientation of a backward product dX = dY·W: panel p holds, for every k, B[k, 32p ..< 32p + 32]).
+void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed);
+void milan_pack_rows_panels(const float *b, long k, long n, long p_lo, long p_hi, float *packed);
 // Whether this CPU runs the packed product with AVX-512 (else a portable loop over the same layout).
 int milan_packed_linear_avx512(void);
-// y[r, :] = x[r, :] · Wᵀ + bias for rows r in [0, rows) (x rows ldx floats apart, y rows ldy apart; bias may be NULL).
-// 8 rows × 32 outputs per register tile, x read in place, no other packing; one thread (callers split rows).
+// y[r, :] = x[r, :] · Wᵀ + bias for rows r in [0, rows) (x rows ldx floats apart, y rows ldy apart; bias may be NULL;
+// with `accumulate`, y[r, :] += … instead). 8 rows × 32 outputs per register tile, x read in place, no other packing;
+// one thread (callers split rows).
 void milan_packed_linear(const float *x, long ldx, long rows, long k, const float *packed, long n, const float *bias,
-                         float *y, long ldy);
+                         float *y, long ldy, int accumulate);
 
 // One AdamW update (PyTorch's torch.optim.AdamW, single-tensor) over n elements:
 //   w *= decay (= 1 - lr * weight_decay); m += (1 - b1) * (g - m); v = b2 * v + (1 - b2) * g * g;

@@ -11,6 +11,11 @@ extension Kernels {
     x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     y: UnsafeMutablePointer<Float>, rows: Int, inFeatures: Int, outFeatures: Int
   ) {
+    if prefersPackedProduct(rows: rows, k: inFeatures, n: outFeatures) {
+      packedProduct(x: x, rows: rows, k: inFeatures, b: weight, n: outFeatures, transposedB: true, bias: bias, y: y,
+                    accumulate: false)
+      return
+    }
     // With a bias, C starts as the broadcast bias and the GEMM accumulates onto it (beta = 1): one pass over the
     // output instead of BLAS's beta = 0 clearing pass plus a bias pass.
     if let bias { broadcastRows(bias, into: y, rows: rows, cols: outFeatures) }
@@ -27,8 +32,13 @@ extension Kernels {
     overwriteDx: Bool = false, overwriteDWeight: Bool = false, overwriteDBias: Bool = false
   ) {
     if let dx {
-      BLAS.sgemm(.none, .none, rows, inFeatures, outFeatures, dy, lda: outFeatures, weight, ldb: inFeatures,
-                 beta: overwriteDx ? 0 : 1, dx, ldc: inFeatures)
+      if prefersPackedProduct(rows: rows, k: outFeatures, n: inFeatures) {
+        packedProduct(x: dy, rows: rows, k: outFeatures, b: weight, n: inFeatures, transposedB: false, bias: nil, y: dx,
+                      accumulate: !overwriteDx)
+      } else {
+        BLAS.sgemm(.none, .none, rows, inFeatures, outFeatures, dy, lda: outFeatures, weight, ldb: inFeatures,
+                   beta: overwriteDx ? 0 : 1, dx, ldc: inFeatures)
+      }
     }
     if let dWeight {
       BLAS.sgemm(.transpose, .none, outFeatures, inFeatures, rows, dy, lda: outFeatures, x, ldb: inFeatures,

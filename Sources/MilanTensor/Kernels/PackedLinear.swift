@@ -56,7 +56,43 @@ extension Kernels {
     // Parts of at least 2^18 multiply-adds (up to 8 tiles), so a small product is not split below the dispatch cost.
     Parallel.forEachChunk(tiles, minChunk: max(1, min(8, (1 << 18) / max(1, 8 * n * k)))) { r in
       let lo = r.lowerBound * 8, hi = min(rows, r.upperBound * 8)
-      milan_packed_linear(x + lo * k, k, hi - lo, k, panels, n, bias, y + lo * n, n)
+      milan_packed_linear(x + lo * k, k, hi - lo, k, panels, n, bias, y + lo * n, n, 0)
+    }
+  }
+
+  /// Whether the training products with a long inner dimension may run on the packed kernel (`packedProduct`, on
+  /// AVX-512 CPUs only); `MILAN_PACKED_TRAINING=0` keeps them on BLAS (A/B runs).
+  nonisolated(unsafe) public static var packsTrainingProducts: Bool =
+    ProcessInfo.processInfo.environment["MILAN_PACKED_TRAINING"] != "0"
+
+  /// Whether `packedProduct` is the faster way to compute y[rows, n] = x[rows, k]·op(B): the inner dimension at least
+  /// twice the output's (the MLP's second layer forward, the backward dX of qkv, fc1 and the decoder's kv), where
+  /// OpenBLAS spends a large share packing x, which the packed kernel reads in place (docs/benchmarks.md).
+  public static func prefersPackedProduct(rows: Int, k: Int, n: Int) -> Bool {
+    packsTrainingProducts && k >= 2 * n && n >= 32 && rows >= 64 && milan_packed_linear_avx512() != 0
+  }
+
+  /// y[rows, n] = x[rows, k]·op(B) + bias (y += … with `accumulate`), op(B) [k, n] given as W [n, k] (`transposedB`,
+  /// a forward) or as B [k, n] (a backward dX = dY·W). B is packed into 32-wide panels for this call (the panels split
+  /// across the cores), then the packed kernel runs over rows split across the cores; x is read in place.
+  static func packedProduct(x: UnsafePointer<Float>, rows: Int, k: Int, b: UnsafePointer<Float>, n: Int,
+                            transposedB: Bool, bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>,
+                            accumulate: Bool) {
+    if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
+    let panels = Tensor(uninitialized: [milan_packed_weight_count(n, k)])
+    nonisolated(unsafe) let x = x, b = b, y = y, bias = bias, p = panels.data
+    let count = (n + 31) / 32
+    Parallel.forEachChunk(count, minChunk: max(1, (1 << 16) / max(1, 32 * k))) { r in
+      if transposedB {
+        milan_pack_weight_panels(b, n, k, r.lowerBound, r.upperBound, p)
+      } else {
+        milan_pack_rows_panels(b, k, n, r.lowerBound, r.upperBound, p)
+      }
+    }
+    let tiles = (rows + 7) / 8, acc: Int32 = accumulate ? 1 : 0
+    Parallel.forEachChunk(tiles, minChunk: max(1, min(8, (1 << 18) / max(1, 8 * n * k)))) { r in
+      let lo = r.lowerBound * 8, hi = min(rows, r.upperBound * 8)
+      milan_packed_linear(x + lo * k, k, hi - lo, k, p, n, bias, y + lo * n, n, acc)
     }
   }
 }
