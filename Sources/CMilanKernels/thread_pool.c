@@ -2,8 +2,9 @@
 // (hundreds per step: every GEMM split, every row kernel) a worker keeps polling for the next region for a short
 // while instead of sleeping, so it joins within a microsecond rather than after an OS wake-up (tens to hundreds of
 // microseconds on a virtual machine, during which the caller runs its half alone and then waits for the late one).
-// Parts are handed out one at a time from an atomic counter, so a part is never waited for while a thread is idle.
-// A worker that has polled for `MILAN_POOL_SPIN_US` (default 300) with no work sleeps on a condition variable.
+// Parts are claimed one at a time, so a worker that arrives late finds them taken by the caller instead of holding
+// one back (the caller then waits only for parts already running).
+// A worker that has polled for `MILAN_WORKER_SPIN_US` (default 300) with no work sleeps on a condition variable.
 #include "milan_kernels.h"
 
 #include <pthread.h>
@@ -90,7 +91,7 @@ int milan_pool_run(long parts, int threads, milan_pool_fn fn, void *ctx) {
   if (threads < 2 || parts < 1 || (unsigned long long)parts > FIELD_MASK) return 0;
   if (pthread_mutex_trylock(&run_lock) != 0) return 0;  // another thread's region, or a nested one: caller falls back
   if (spin_ns < 0) {
-    const char *s = getenv("MILAN_POOL_SPIN_US");
+    const char *s = getenv("MILAN_WORKER_SPIN_US");
     long us = s ? atol(s) : 300;
     spin_ns = (us < 0 ? 0 : us) * 1000L;
   }

@@ -47,10 +47,11 @@ public enum Parallel {
   }
 
   /// Whether parallel regions run on the project's spinning worker pool (`milan_pool_run`, thread_pool.c) rather than
-  /// on Dispatch; `MILAN_POOL=0` selects Dispatch (A/B runs). The pool's workers poll for the next region for a few
-  /// hundred microseconds before sleeping, so back-to-back regions (a training step issues hundreds) do not wait for
-  /// an OS wake-up. A region started while another runs (another thread's, or nested) uses Dispatch.
-  nonisolated(unsafe) public static var usesPool: Bool = ProcessInfo.processInfo.environment["MILAN_POOL"] != "0"
+  /// on Dispatch; `MILAN_WORKER_POOL=0` selects Dispatch (A/B runs). The pool's workers poll for the next region for
+  /// a few hundred microseconds before sleeping, so back-to-back regions (a training step issues hundreds) do not
+  /// wait for an OS wake-up. A region started while another runs (another thread's, or nested) uses Dispatch.
+  nonisolated(unsafe) public static var usesPool: Bool =
+    ProcessInfo.processInfo.environment["MILAN_WORKER_POOL"] != "0"
 
   private static func runOnPool(parts: Int, _ body: (Int) -> Void) -> Bool {
     withoutActuallyEscaping(body) { body in
