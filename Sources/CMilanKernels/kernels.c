@@ -674,7 +674,9 @@ void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows
 
 long milan_packed_weight_count(long n, long k) { return (n + 31) / 32 * 32 * k; }
 
-void milan_pack_weight(const float *w, long n, long k, float *packed) { milan_pack_weight_panels(w, n, k, 0, (n + 31) / 32, packed); }
+void milan_pack_weight(const float *w, long n, long k, float *packed) {
+  milan_pack_weight_panels(w, n, k, 0, (n + 31) / 32, packed);
+}
 
 void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed) {
   for (long p = p_lo; p < p_hi; p++) {

@@ -206,7 +206,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     let saved = Kernels.packsTrainingProducts
     defer { Kernels.packsTrainingProducts = saved }
     var worst = 0.0
-    for (i, (rows, inF, outF)) in [(64, 96, 32), (67, 200, 45), (130, 192, 64), (9, 64, 40), (400, 33, 100)].enumerated() {
+    let shapes = [(64, 96, 32), (67, 200, 45), (130, 192, 64), (9, 64, 40), (400, 33, 100)]
+    for (i, (rows, inF, outF)) in shapes.enumerated() {
       let x = randn([rows, inF], 1000 + UInt64(i)), w = randn([outF, inF], 1100 + UInt64(i))
       let b = randn([outF], 1200 + UInt64(i)), dy = randn([rows, outF], 1300 + UInt64(i))
       let dx0 = randn([rows, inF], 1400 + UInt64(i))
@@ -226,7 +227,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
           Kernels.linearForward(x: x.data, weight: w.data, bias: withBias ? b.data : nil, y: y.data, rows: rows,
                                 inFeatures: inF, outFeatures: outF)
           let ref = Naive.linear(d(x), d(w), withBias ? d(b) : nil, rows: rows, inF: inF, outF: outF)
-          let r = compare(y.toArray(), ref, atol: 1e-5, rtol: 1e-5, "linear \(rows)x\(inF)→\(outF) bias \(withBias) packed \(packed && forwardPacked)")
+          let r = compare(y.toArray(), ref, atol: 1e-5, rtol: 1e-5,
+                          "linear \(rows)x\(inF)→\(outF) bias \(withBias) packed \(packed && forwardPacked)")
           #expect(r.ok)
           worst = max(worst, r.maxAbs)
           outs.append(y.toArray())
@@ -237,7 +239,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
           Kernels.linearBackward(dy: dy.data, x: x.data, weight: w.data, dx: dx.data, dWeight: nil, dBias: nil,
                                  rows: rows, inFeatures: inF, outFeatures: outF, overwriteDx: !accumulate)
           let ref = accumulate ? zip(dxRef, d(dx0)).map { $0 + $1 } : dxRef
-          let r = compare(dx.toArray(), ref, atol: 1e-5, rtol: 1e-5, "dX \(rows)x\(outF)→\(inF) accumulate \(accumulate) packed \(packed && backwardPacked)")
+          let r = compare(dx.toArray(), ref, atol: 1e-5, rtol: 1e-5,
+                          "dX \(rows)x\(outF)→\(inF) accumulate \(accumulate) packed \(packed && backwardPacked)")
           #expect(r.ok)
           worst = max(worst, r.maxAbs)
           outs.append(dx.toArray())
@@ -247,12 +250,14 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       for (a, b) in zip(results[0], results[1]) {
         #expect(compare(a, b.map(Double.init), atol: 1e-5, rtol: 1e-5, "packed vs BLAS \(rows)x\(inF)x\(outF)").ok)
       }
-      print("packed training products \(rows)x\(inF)x\(outF): forward packed \(forwardPacked), dX packed \(backwardPacked)")
+      print("packed training products \(rows)x\(inF)x\(outF): forward packed \(forwardPacked), "
+            + "dX packed \(backwardPacked)")
     }
     #if arch(x86_64)
     Kernels.packsTrainingProducts = true
     if PackedWeight.fast {  // the shapes above do reach the packed path on AVX-512 CPUs
-      #expect(Kernels.prefersPackedProduct(rows: 67, k: 200, n: 45) && Kernels.prefersPackedProduct(rows: 400, k: 100, n: 33))
+      #expect(Kernels.prefersPackedProduct(rows: 67, k: 200, n: 45))
+      #expect(Kernels.prefersPackedProduct(rows: 400, k: 100, n: 33))
     }
     #endif
     print("packed training products: max |Δ| vs float64 \(worst)")

@@ -42,16 +42,23 @@ func milan(_ args: [String], cwd: URL? = nil, environment: [String: String] = [:
   p.standardOutput = out
   p.standardError = err
   try p.run()
-  // Read both pipes while the process runs (a full pipe would block it).
-  final class Box: @unchecked Sendable { var data = Data() }
+  // Read both pipes while the process runs (a full pipe would block it). The stderr reader hands its data over
+  // under a lock, so the hand-over is ordered for ThreadSanitizer too (polling `isFinished` alone is not).
+  final class Box: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Data? = nil
+    func put(_ d: Data) { lock.lock(); stored = d; lock.unlock() }
+    func take() -> Data? { lock.lock(); defer { lock.unlock() }; return stored }
+  }
   let errBox = Box()
-  let reader = Thread { errBox.data = err.fileHandleForReading.readDataToEndOfFile() }
+  let reader = Thread { errBox.put(err.fileHandleForReading.readDataToEndOfFile()) }
   reader.start()
   let o = out.fileHandleForReading.readDataToEndOfFile()
   p.waitUntilExit()
-  while !reader.isFinished { usleep(1000) }
+  var e = errBox.take()
+  while e == nil { usleep(1000); e = errBox.take() }
   return CommandResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                       stderr: String(decoding: errBox.data, as: UTF8.self))
+                       stderr: String(decoding: e ?? Data(), as: UTF8.self))
 }
 
 /// A fresh folder holding `train/` and `val/` copies of the tiny folder's readable images (3 + 3 per split).
