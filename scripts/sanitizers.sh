@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=("${@:-address thread}")
-filter='ParallelTests|PretrainerTests|EvaluationTests|GoldenTests|KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
+filter='MilanTensorTests.ParallelTests|PretrainerTests|EvaluationTests|GoldenTests|KernelTests|OverwriteModeTests|FMAPeakTests|TensorIOTests|ImageDecodingTests|ImageFolderTests|HostileDataTests|IDXTests|SafeTensors|ONNXModelTests|StagedFileTests|FuzzSmokeTests|FLOPsTests|FolderPretrainingTests|GradientTests'
 for s in ${which[*]}; do
   dir=.build-$s
   # ThreadSanitizer's runtime cannot start under a small RLIMIT_FSIZE (it takes SIGBUS in its own shadow-memory
