@@ -203,6 +203,9 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
   /// float64 reference and against the BLAS path, with and without bias, dX written and accumulated, on odd sizes
   /// (row tails, outputs past a multiple of 32).
   @Test func packedTrainingProductsMatchNaiveAndBLAS() {
+    // Held so no other suite switches to the portable SIMD path (which has no packed product) meanwhile.
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
     let saved = Kernels.packsTrainingProducts
     defer { Kernels.packsTrainingProducts = saved }
     var worst = 0.0

@@ -42,21 +42,29 @@ public final class PackedWeight: @unchecked Sendable {
   /// Held while weights are being packed: two first forwards of one teacher on two threads must not pack a weight
   /// twice (an in-place pack of packed data would scramble it).
   public static let packingLock = NSLock()
-  nonisolated(unsafe) public static var enabled: Bool = ProcessInfo.processInfo.environment["MILAN_PACKED_LINEAR"] != "0"
+  nonisolated(unsafe) public static var enabled: Bool =
+    ProcessInfo.processInfo.environment["MILAN_PACKED_LINEAR"] != "0"
 }
 
 extension Kernels {
   /// y[rows, out] = x[rows, in] · Wᵀ + bias with the packed weight; rows split across threads in tiles of 8.
   public static func packedLinearForward(x: UnsafePointer<Float>, packed w: PackedWeight, bias: UnsafePointer<Float>?,
                                          y: UnsafeMutablePointer<Float>, rows: Int) {
-    if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * w.outFeatures * w.inFeatures)) }
-    let k = w.inFeatures, n = w.outFeatures
-    nonisolated(unsafe) let x = x, y = y, bias = bias, panels = UnsafePointer(w.panels.data)
-    let tiles = (rows + 7) / 8
+    packedRows(x: x, rows: rows, k: w.inFeatures, panels: w.panels.data, n: w.outFeatures, bias: bias, y: y,
+               accumulate: false)
+  }
+
+  /// The packed kernel over rows [0, rows) split across threads in tiles of 8:
+  /// y[rows, n] (+)= x[rows, k]·panels + bias.
+  private static func packedRows(x: UnsafePointer<Float>, rows: Int, k: Int, panels: UnsafePointer<Float>, n: Int,
+                                 bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
+    nonisolated(unsafe) let x = x, y = y, bias = bias, panels = panels
+    let tiles = (rows + 7) / 8, acc: Int32 = accumulate ? 1 : 0
     // Parts of at least 2^18 multiply-adds (up to 8 tiles), so a small product is not split below the dispatch cost.
     Parallel.forEachChunk(tiles, minChunk: max(1, min(8, (1 << 18) / max(1, 8 * n * k)))) { r in
       let lo = r.lowerBound * 8, hi = min(rows, r.upperBound * 8)
-      milan_packed_linear(x + lo * k, k, hi - lo, k, panels, n, bias, y + lo * n, n, 0)
+      milan_packed_linear(x + lo * k, k, hi - lo, k, panels, n, bias, y + lo * n, n, acc)
     }
   }
 
@@ -78,21 +86,15 @@ extension Kernels {
   static func packedProduct(x: UnsafePointer<Float>, rows: Int, k: Int, b: UnsafePointer<Float>, n: Int,
                             transposedB: Bool, bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>,
                             accumulate: Bool) {
-    if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
     let panels = Tensor(uninitialized: [milan_packed_weight_count(n, k)])
-    nonisolated(unsafe) let x = x, b = b, y = y, bias = bias, p = panels.data
-    let count = (n + 31) / 32
-    Parallel.forEachChunk(count, minChunk: max(1, (1 << 16) / max(1, 32 * k))) { r in
+    nonisolated(unsafe) let b = b, p = panels.data
+    Parallel.forEachChunk((n + 31) / 32, minChunk: max(1, (1 << 16) / max(1, 32 * k))) { r in
       if transposedB {
         milan_pack_weight_panels(b, n, k, r.lowerBound, r.upperBound, p)
       } else {
         milan_pack_rows_panels(b, k, n, r.lowerBound, r.upperBound, p)
       }
     }
-    let tiles = (rows + 7) / 8, acc: Int32 = accumulate ? 1 : 0
-    Parallel.forEachChunk(tiles, minChunk: max(1, min(8, (1 << 18) / max(1, 8 * n * k)))) { r in
-      let lo = r.lowerBound * 8, hi = min(rows, r.upperBound * 8)
-      milan_packed_linear(x + lo * k, k, hi - lo, k, p, n, bias, y + lo * n, n, acc)
-    }
+    packedRows(x: x, rows: rows, k: k, panels: p, n: n, bias: bias, y: y, accumulate: accumulate)
   }
 }
