@@ -714,6 +714,18 @@ static void packed_linear_scalar(const float *x, long ldx, long rows, long k, co
     }
 }
 
+// dW[n, k] (+)= dYᵀ·X over `rows` rows, portable loop (what runs without AVX-512).
+static void packed_weight_grad_scalar(const float *dy, const float *x, long rows, long n, long k, float *dw, int acc) {
+  for (long i = 0; i < n; i++)
+    for (long j = 0; j < k; j++) {
+      float s = 0.0f;
+      for (long r = 0; r < rows; r++) s += dy[r * n + i] * x[r * k + j];
+      dw[i * k + j] = acc ? dw[i * k + j] + s : s;
+    }
+}
+
+#define WG_CHUNK 256
+
 #if MILAN_X86
 #define AVX512 __attribute__((target("avx512f")))
 
@@ -750,6 +762,55 @@ AVX512 static inline void packed_tile(long k, const float *x, long ldx, const fl
     }
     _mm512_mask_storeu_ps(yi, m0, r[2 * i]);
     if (m1) _mm512_mask_storeu_ps(yi + 16, m1, r[2 * i + 1]);
+  }
+}
+
+// The transposed-x tile of a weight gradient: y[i, 0..32) (+)= Σ_kk xt[kk·ldx + i] · wp[kk·32 + 0..32) for i < rows
+// (≤ 8): the 8 rows' values at one kk are adjacent (a row of dY), so each step broadcasts from one cache line.
+// Rows past `rows` read row 0 again and are not stored; outputs past `cols` are masked.
+AVX512 static inline void packed_tile_t(long k, const float *xt, long ldx, const float *wp, float *y, long ldy,
+                                        int rows, int cols, int acc) {
+  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+  __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+  const long o1 = rows > 1, o2 = rows > 2 ? 2 : 0, o3 = rows > 3 ? 3 : 0, o4 = rows > 4 ? 4 : 0;
+  const long o5 = rows > 5 ? 5 : 0, o6 = rows > 6 ? 6 : 0, o7 = rows > 7 ? 7 : 0;
+  for (long kk = 0; kk < k; kk++, wp += 32, xt += ldx) {
+    __m512 w0 = _mm512_loadu_ps(wp), w1 = _mm512_loadu_ps(wp + 16), a;
+    a = _mm512_set1_ps(xt[0]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
+    a = _mm512_set1_ps(xt[o1]); c10 = _mm512_fmadd_ps(a, w0, c10); c11 = _mm512_fmadd_ps(a, w1, c11);
+    a = _mm512_set1_ps(xt[o2]); c20 = _mm512_fmadd_ps(a, w0, c20); c21 = _mm512_fmadd_ps(a, w1, c21);
+    a = _mm512_set1_ps(xt[o3]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
+    a = _mm512_set1_ps(xt[o4]); c40 = _mm512_fmadd_ps(a, w0, c40); c41 = _mm512_fmadd_ps(a, w1, c41);
+    a = _mm512_set1_ps(xt[o5]); c50 = _mm512_fmadd_ps(a, w0, c50); c51 = _mm512_fmadd_ps(a, w1, c51);
+    a = _mm512_set1_ps(xt[o6]); c60 = _mm512_fmadd_ps(a, w0, c60); c61 = _mm512_fmadd_ps(a, w1, c61);
+    a = _mm512_set1_ps(xt[o7]); c70 = _mm512_fmadd_ps(a, w0, c70); c71 = _mm512_fmadd_ps(a, w1, c71);
+  }
+  __m512 r[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
+  for (int i = 0; i < rows; i++) {
+    float *yi = y + i * ldy;
+    if (acc) {
+      r[2 * i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[2 * i]);
+      r[2 * i + 1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yi + 16), r[2 * i + 1]);
+    }
+    _mm512_mask_storeu_ps(yi, m0, r[2 * i]);
+    if (m1) _mm512_mask_storeu_ps(yi + 16, m1, r[2 * i + 1]);
+  }
+}
+
+// Chunks of WG_CHUNK rows of the reduction: X's chunk packed into 32-column panels (a row-major copy, 32 KiB per
+// panel), then every 8-row tile of dW over every panel, accumulating across chunks.
+AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, long rows, long n, long k, float *dw,
+                                             int acc, float *scratch) {
+  for (long r0 = 0; r0 < rows; r0 += WG_CHUNK) {
+    long kc = rows - r0 < WG_CHUNK ? rows - r0 : WG_CHUNK;
+    milan_pack_rows_panels(x + r0 * k, kc, k, 0, (k + 31) / 32, scratch);
+    int a = acc || r0 > 0;
+    for (long i0 = 0; i0 < n; i0 += 8)
+      for (long p0 = 0; p0 < k; p0 += 32)
+        packed_tile_t(kc, dy + r0 * n + i0, n, scratch + p0 * kc, dw + i0 * k + p0, k, n - i0 < 8 ? (int)(n - i0) : 8,
+                      k - p0 < 32 ? (int)(k - p0) : 32, a);
   }
 }
 
@@ -792,6 +853,20 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
   }
 #endif
   packed_linear_scalar(x, ldx, rows, k, packed, n, bias, y, ldy, accumulate);
+}
+
+long milan_packed_weight_grad_scratch(long k) { return (long)WG_CHUNK * ((k + 31) / 32 * 32); }
+
+void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, float *dw, int accumulate,
+                              float *scratch) {
+#if MILAN_X86
+  if (milan_packed_linear_avx512()) {
+    packed_weight_grad_avx512(dy, x, rows, n, k, dw, accumulate, scratch);
+    return;
+  }
+#endif
+  (void)scratch;
+  packed_weight_grad_scalar(dy, x, rows, n, k, dw, accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -838,6 +913,14 @@ void milan_adamw_step(float *w, const float *g, float *m, float *v, long n, floa
   if (milan_simd_level() > 0) { adamw_avx2(w, g, m, v, n, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps); return; }
 #endif
   for (long i = 0; i < n; i++) s_adamw(w, g, m, v, i, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps);
+}
+
+void milan_prefetch(const void *p, long bytes, int for_write) {
+  const char *c = (const char *)p;
+  if (for_write)
+    for (long o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 1, 2);
+  else
+    for (long o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 2);
 }
 
 #if defined(__linux__)

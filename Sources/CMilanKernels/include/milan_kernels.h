@@ -19,6 +19,9 @@ int milan_simd_level(void);
 int milan_set_simd_level(int level);
 /// Cores in this process's affinity mask (sched_getaffinity), 0 when it cannot be read.
 int milan_usable_cores(void);
+/// A hint to fetch [p, p + bytes) towards the core's caches (L2) ahead of use, one request per 64-byte line
+/// (`for_write`: the lines are about to be written). Never changes a result.
+void milan_prefetch(const void *p, long bytes, int for_write);
 
 // Runs fn(ctx, part) for every part in [0, parts) on the calling thread and up to threads - 1 pooled workers that
 // poll for work between regions (thread_pool.c); parts are handed out one at a time. Returns 0 without running
@@ -69,6 +72,15 @@ int milan_packed_linear_avx512(void);
 // one thread (callers split rows).
 void milan_packed_linear(const float *x, long ldx, long rows, long k, const float *packed, long n, const float *bias,
                          float *y, long ldy, int accumulate);
+
+// A linear layer's weight gradient dW[n, k] = dY[rows, n]ᵀ · X[rows, k] (dW += … with `accumulate`; all three
+// row-major and contiguous), one thread (callers split the rows and add the partial results). X is packed in chunks
+// of 256 rows into `scratch` (milan_packed_weight_grad_scratch(k) floats) and dY is read in place: at each step of
+// the reduction the 8 outputs of a tile take their factors from one row of dY. AVX-512 where the CPU has it, else a
+// portable loop.
+long milan_packed_weight_grad_scratch(long k);
+void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, float *dw, int accumulate,
+                              float *scratch);
 
 // One AdamW update (PyTorch's torch.optim.AdamW, single-tensor) over n elements:
 //   w *= decay (= 1 - lr * weight_decay); m += (1 - b1) * (g - m); v = b2 * v + (1 - b2) * g * g;

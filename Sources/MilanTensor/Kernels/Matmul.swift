@@ -11,7 +11,7 @@ extension Kernels {
     x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     y: UnsafeMutablePointer<Float>, rows: Int, inFeatures: Int, outFeatures: Int
   ) {
-    if prefersPackedProduct(rows: rows, k: inFeatures, n: outFeatures) {
+    if prefersPackedForward(rows: rows, k: inFeatures, n: outFeatures) {
       packedProduct(x: x, rows: rows, k: inFeatures, b: weight, n: outFeatures, transposedB: true, bias: bias, y: y,
                     accumulate: false)
       return
@@ -41,8 +41,13 @@ extension Kernels {
       }
     }
     if let dWeight {
-      BLAS.sgemm(.transpose, .none, outFeatures, inFeatures, rows, dy, lda: outFeatures, x, ldb: inFeatures,
-                 beta: overwriteDWeight ? 0 : 1, dWeight, ldc: inFeatures)
+      if prefersPackedWeightGrad(rows: rows, n: outFeatures, k: inFeatures) {
+        packedWeightGrad(dy: dy, x: x, rows: rows, n: outFeatures, k: inFeatures, dw: dWeight,
+                         accumulate: !overwriteDWeight)
+      } else {
+        BLAS.sgemm(.transpose, .none, outFeatures, inFeatures, rows, dy, lda: outFeatures, x, ldb: inFeatures,
+                   beta: overwriteDWeight ? 0 : 1, dWeight, ldc: inFeatures)
+      }
     }
     if let dBias {
       if overwriteDBias { dBias.update(repeating: 0, count: outFeatures) }

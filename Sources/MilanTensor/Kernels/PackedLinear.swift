@@ -73,12 +73,60 @@ extension Kernels {
   nonisolated(unsafe) public static var packsTrainingProducts: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_TRAINING"] != "0"
 
+  /// Whether weight gradients of small layers run on the packed kernel (`packedWeightGrad`); `MILAN_PACKED_WEIGHT_GRAD=0`
+  /// keeps them on BLAS (A/B runs).
+  nonisolated(unsafe) public static var packsWeightGrads: Bool =
+    ProcessInfo.processInfo.environment["MILAN_PACKED_WEIGHT_GRAD"] != "0"
+
+  /// Whether `packedWeightGrad` is the faster way to compute dW[n, k] += dY[rows, n]ᵀ·X[rows, k]: small weights (at
+  /// most 64 Ki entries, e.g. 512 × 128: the CPU default's encoder and decoder) over at least 256 rows, on AVX-512
+  /// CPUs. OpenBLAS packs both operands of these; the packed kernel reads dY in place (2–18 % faster in a one-thread
+  /// harness on the CPU-default shapes; on par at 512 × 512, so larger weights stay on OpenBLAS; docs/benchmarks.md).
+  public static func prefersPackedWeightGrad(rows: Int, n: Int, k: Int) -> Bool {
+    packsTrainingProducts && packsWeightGrads && rows >= 256 && n >= 8 && k >= 32 && n * k <= 1 << 16
+      && milan_packed_linear_avx512() != 0
+  }
+
+  /// dW[n, k] (+)= dY[rows, n]ᵀ·X[rows, k] (all contiguous) on the packed kernel. The rows — the reduction — are split
+  /// across the cores in parts of at least 256, each part packing its own chunks of X; parts after the first write
+  /// partial products, added to dW at the end (the split BLAS uses for these products too).
+  static func packedWeightGrad(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, rows: Int, n: Int, k: Int,
+                               dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
+    let parts = Parallel.parts(rows, minChunk: 256)
+    let perScratch = milan_packed_weight_grad_scratch(k)
+    let scratch = Tensor(uninitialized: [parts * perScratch + (parts - 1) * n * k])
+    nonisolated(unsafe) let dy = dy, x = x, dw = dw, sp = scratch.data, pp = scratch.data + parts * perScratch
+    let used = Parallel.forEachChunkIndexed(rows, minChunk: 256) { part, r in
+      let out = part == 0 ? dw : pp + (part - 1) * n * k
+      milan_packed_weight_grad(dy + r.lowerBound * n, x + r.lowerBound * k, r.count, n, k, out,
+                               part == 0 && accumulate ? 1 : 0, sp + part * perScratch)
+    }
+    precondition(used == parts, "packedWeightGrad: \(used) parts, expected \(parts)")
+    for part in 1..<parts { axpy(1, x: pp + (part - 1) * n * k, y: dw, count: n * k) }
+  }
+
   /// Whether `packedProduct` is the faster way to compute y[rows, n] = x[rows, k]·op(B): the inner dimension at least
   /// twice the output's (the MLP's second layer forward, the backward dX of qkv, fc1 and the decoder's kv), where
   /// OpenBLAS spends a large share packing x, which the packed kernel reads in place (docs/benchmarks.md).
   public static func prefersPackedProduct(rows: Int, k: Int, n: Int) -> Bool {
     packsTrainingProducts && k >= 2 * n && n >= 32 && rows >= 64 && milan_packed_linear_avx512() != 0
   }
+
+  /// Whether a forward y = x·Wᵀ + b runs on the packed kernel: the long inner dimensions above, and short ones
+  /// (16 ≤ k ≤ 256, the CPU default's 128- and 96-wide layers), where OpenBLAS's copy of x and the separate bias
+  /// pass weigh most against the product (in a one-thread harness 1–13 % faster on those shapes before counting the
+  /// bias pass the packed kernel folds in; docs/benchmarks.md). Wider layers stay on OpenBLAS.
+  public static func prefersPackedForward(rows: Int, k: Int, n: Int) -> Bool {
+    prefersPackedProduct(rows: rows, k: k, n: n)
+      || (packsTrainingProducts && packsShortForwards && k >= 16 && k <= 256 && n >= 32 && rows >= 64
+          && milan_packed_linear_avx512() != 0)
+  }
+
+  /// Whether forwards with a short inner dimension use the packed kernel (`prefersPackedForward`);
+  /// `MILAN_PACKED_SHORT_FORWARD=0` keeps them on BLAS (A/B runs).
+  nonisolated(unsafe) public static var packsShortForwards: Bool =
+    ProcessInfo.processInfo.environment["MILAN_PACKED_SHORT_FORWARD"] != "0"
 
   /// y[rows, n] = x[rows, k]·op(B) + bias (y += … with `accumulate`), op(B) [k, n] given as W [n, k] (`transposedB`,
   /// a forward) or as B [k, n] (a backward dX = dY·W). B is packed into 32-wide panels for this call (the panels split

@@ -82,6 +82,22 @@ struct Config: Decodable {
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
+/// Levers `--ab` can switch, each "on" being the default.
+let abLevers = ["gemm-tasks (on: 1 task per thread, off: 2)", "packed-training", "packed-short-forward", "packed-weight-grad", "attention-prefetch", "worker-pool"]
+
+/// The setter of one `--ab` lever (`on` = the library's default).
+func abLever(_ name: String) throws -> (Bool) -> Void {
+  switch name {
+  case "gemm-tasks": return { BLAS.tasksPerThread = $0 ? 1 : 2 }
+  case "packed-training": return { Kernels.packsTrainingProducts = $0 }
+  case "attention-prefetch": return { Kernels.prefetchesAttention = $0 }
+  case "packed-short-forward": return { Kernels.packsShortForwards = $0 }
+  case "packed-weight-grad": return { Kernels.packsWeightGrads = $0 }
+  case "worker-pool": return { Parallel.usesPool = $0 }
+  default: throw ValidationError("--ab: unknown lever \(name) (\(abLevers.joined(separator: ", ")))")
+  }
+}
+
 func timeOp(_ body: () -> Void) -> (best: Double, median: Double, calls: Int) {
   for _ in 0..<3 { body() }
   var times: [Double] = []
@@ -146,7 +162,7 @@ struct MilanBench: ParsableCommand {
   var only: String?
   @Option(help: "Run only the MILAN-step configuration of this name (one per process keeps max RSS per config).")
   var step: String?
-  @Option(help: "A/B one lever inside the step rows, alternating call by call in this process (both sides see the same load): gemm-tasks (on: 1 task per thread, off: 2). Prints both sides' step and phase medians and skips the normal row.")
+  @Option(help: "A/B one lever inside the step and teacher rows, alternating call by call in this process (both sides see the same load): \(abLevers.joined(separator: ", ")). Prints both sides' medians (and the steps' phase medians) and skips the normal row.")
   var ab: String?
   @Flag(help: "Skip the MILAN-step rows (bench/run.sh runs each in its own process).")
   var noSteps = false
@@ -329,6 +345,24 @@ struct MilanBench: ParsableCommand {
       }
       let images = Tensor.randn([t.batch, 3, t.image, t.image], rng: &rng)
       let flops = Double(t.batch) * FLOPs.teacherForward(teacher.architecture, imageSize: t.image)
+      if let ab {
+        // Lever A/B on the teacher: settings alternate call by call (2 warm-ups each, then 10 calls each).
+        let set = try abLever(ab)
+        var totals: [[Double]] = [[], []]
+        for i in 0..<24 {
+          let on = i % 2 == 1
+          set(on)
+          let t0 = now()
+          _ = teacher.encode(images)
+          if i >= 4 { totals[on ? 1 : 0].append((now() - t0) * 1e3) }
+        }
+        for st in 0..<2 {
+          let t = totals[st].sorted()
+          print(String(format: "%@ %@ %@: best %.1f median %.1f ms", conf, ab, st == 1 ? "on" : "off", t[0], t[t.count / 2]))
+        }
+        set(true)
+        continue
+      }
       record("teacher_fwd", conf, flops: flops) { _ = teacher.encode(images) }
       if var r = results.last, r.op == "teacher_fwd", r.config == conf {
         r.counted_flops = countedFLOPs { _ = teacher.encode(images) }
@@ -411,17 +445,12 @@ struct MilanBench: ParsableCommand {
       }
       if let ab {
         // Lever A/B: setting 0 and setting 1 alternate call by call (3 warm-ups each, then 8 calls each).
-        func set(_ on: Bool) throws {
-          switch ab {
-          case "gemm-tasks": BLAS.tasksPerThread = on ? 1 : 2
-          default: throw ValidationError("--ab: unknown lever \(ab) (gemm-tasks)")
-          }
-        }
+        let set = try abLever(ab)
         var byState: [[[String: Double]]] = [[], []]
         var totals: [[Double]] = [[], []]
         for i in 0..<22 {
           let on = i % 2 == 1
-          try set(on)
+          set(on)
           let t0 = now()
           body()
           if i >= 6 {
