@@ -678,8 +678,48 @@ void milan_pack_weight(const float *w, long n, long k, float *packed) {
   milan_pack_weight_panels(w, n, k, 0, (n + 31) / 32, packed);
 }
 
+#if MILAN_X86
+// dst[i·32 + j] = src[j·lds + i] for the 8 × 8 block i, j < 8: an in-register transpose.
+AVX2 static inline void transpose8x8(const float *src, long lds, float *dst) {
+  __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds);
+  __m256 r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds);
+  __m256 r5 = _mm256_loadu_ps(src + 5 * lds), r6 = _mm256_loadu_ps(src + 6 * lds);
+  __m256 r7 = _mm256_loadu_ps(src + 7 * lds);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3);
+  __m256 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 32, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 64, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 96, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 128, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 160, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 192, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 224, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// Full panels (32 rows of W) in 8 × 8 transposed blocks; what is left of k after the last multiple of 8 elementwise.
+AVX2 static void pack_weight_panel_avx2(const float *w, long k, float *dst) {
+  long kk = 0;
+  for (; kk + 8 <= k; kk += 8)
+    for (long g = 0; g < 32; g += 8) transpose8x8(w + g * k + kk, k, dst + kk * 32 + g);
+  for (; kk < k; kk++)
+    for (long j = 0; j < 32; j++) dst[kk * 32 + j] = w[j * k + kk];
+}
+#endif
+
 void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed) {
   for (long p = p_lo; p < p_hi; p++) {
+#if MILAN_X86
+    if (p * 32 + 32 <= n && milan_simd_level() > 0) {
+      pack_weight_panel_avx2(w + p * 32 * k, k, packed + p * 32 * k);
+      continue;
+    }
+#endif
     float *dst = packed + p * 32 * k;
     for (long j = 0; j < 32; j++) {
       long o = p * 32 + j;
@@ -696,6 +736,10 @@ void milan_pack_rows_panels(const float *b, long k, long n, long p_lo, long p_hi
   for (long p = p_lo; p < p_hi; p++) {
     float *dst = packed + p * 32 * k;
     long c0 = p * 32, cols = n - c0 < 32 ? n - c0 : 32;
+    if (cols == 32) {  // a fixed-size copy, inlined as vector moves (a library call per 128 bytes cost more)
+      for (long kk = 0; kk < k; kk++) memcpy(dst + kk * 32, b + kk * n + c0, 32 * sizeof(float));
+      continue;
+    }
     for (long kk = 0; kk < k; kk++) {
       memcpy(dst + kk * 32, b + kk * n + c0, (size_t)cols * sizeof(float));
       for (long j = cols; j < 32; j++) dst[kk * 32 + j] = 0.0f;

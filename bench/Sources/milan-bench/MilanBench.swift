@@ -85,8 +85,13 @@ func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 /// Levers `--ab` can switch, each "on" being the default.
 let abLevers = ["gemm-tasks (on: 1 task per thread, off: 2)", "packed-training", "packed-short-forward", "packed-weight-grad", "attention-prefetch", "worker-pool"]
 
-/// The setter of one `--ab` lever (`on` = the library's default).
-func abLever(_ name: String) throws -> (Bool) -> Void {
+/// The setter of an `--ab` lever (`on` = the library's default); several comma-separated levers switch together.
+func abLever(_ names: String) throws -> (Bool) -> Void {
+  let setters = try names.split(separator: ",").map { try abLever(one: String($0)) }
+  return { on in for set in setters { set(on) } }
+}
+
+private func abLever(one name: String) throws -> (Bool) -> Void {
   switch name {
   case "gemm-tasks": return { BLAS.tasksPerThread = $0 ? 1 : 2 }
   case "packed-training": return { Kernels.packsTrainingProducts = $0 }
@@ -162,7 +167,7 @@ struct MilanBench: ParsableCommand {
   var only: String?
   @Option(help: "Run only the MILAN-step configuration of this name (one per process keeps max RSS per config).")
   var step: String?
-  @Option(help: "A/B one lever inside the step and teacher rows, alternating call by call in this process (both sides see the same load): \(abLevers.joined(separator: ", ")). Prints both sides' medians (and the steps' phase medians) and skips the normal row.")
+  @Option(help: "A/B one lever inside the step and teacher rows, alternating call by call in this process (both sides see the same load): \(abLevers.joined(separator: ", ")). Several comma-separated levers switch together. Prints both sides' medians (and the steps' phase medians) and skips the normal row.")
   var ab: String?
   @Flag(help: "Skip the MILAN-step rows (bench/run.sh runs each in its own process).")
   var noSteps = false
