@@ -73,8 +73,8 @@ extension Kernels {
   nonisolated(unsafe) public static var packsTrainingProducts: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_TRAINING"] != "0"
 
-  /// Whether weight gradients of small layers run on the packed kernel (`packedWeightGrad`); `MILAN_PACKED_WEIGHT_GRAD=0`
-  /// keeps them on BLAS (A/B runs).
+  /// Whether weight gradients of small layers run on the packed kernel (`packedWeightGrad`);
+  /// `MILAN_PACKED_WEIGHT_GRAD=0` keeps them on BLAS (A/B runs).
   nonisolated(unsafe) public static var packsWeightGrads: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_WEIGHT_GRAD"] != "0"
 

@@ -83,7 +83,8 @@ struct Config: Decodable {
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 /// Levers `--ab` can switch, each "on" being the default.
-let abLevers = ["gemm-tasks (on: 1 task per thread, off: 2)", "packed-training", "packed-short-forward", "packed-weight-grad", "attention-prefetch", "worker-pool"]
+let abLevers = ["gemm-tasks (on: 1 task per thread, off: 2)", "packed-training", "packed-short-forward",
+                "packed-weight-grad", "attention-prefetch", "worker-pool"]
 
 /// The setter of an `--ab` lever (`on` = the library's default); several comma-separated levers switch together.
 func abLever(_ names: String) throws -> (Bool) -> Void {
