@@ -774,9 +774,13 @@ static void packed_weight_grad_scalar(const float *dy, const float *x, long rows
 #define AVX512 __attribute__((target("avx512f")))
 
 // Rows [0, rows) (rows ≤ 8) of one 32-output panel: 16 accumulators, the panel's two vectors per k, one broadcast
-// per row. Rows past `rows` read row 0 again and are not stored; outputs past `cols` (≤ 32) are masked.
-AVX512 static inline void packed_tile(long k, const float *x, long ldx, const float *wp, float *y, long ldy,
-                                      const float *bias, int rows, int cols, int acc) {
+// per row. Row i's factor at step kk is x[i·ldx + kk·ldk]: ldk = 1 reads rows of x in place (a forward, dX); ldx = 1
+// reads a weight gradient's dY transposed, the 8 factors of one step adjacent in one row of dY. Rows past `rows` read
+// row 0 again and are not stored; outputs past `cols` (≤ 32) are masked. Always inlined, so each caller's constant
+// stride gives it its own loop.
+AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, const float *x, long ldx, long ldk,
+                                                                     const float *wp, float *y, long ldy,
+                                                                     const float *bias, int rows, int cols, int acc) {
   __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
   __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
   __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -786,50 +790,16 @@ AVX512 static inline void packed_tile(long k, const float *x, long ldx, const fl
   const float *x0 = x, *x1 = x + (rows > 1) * ldx, *x2 = x + (rows > 2) * 2 * ldx, *x3 = x + (rows > 3) * 3 * ldx;
   const float *x4 = x + (rows > 4) * 4 * ldx, *x5 = x + (rows > 5) * 5 * ldx, *x6 = x + (rows > 6) * 6 * ldx;
   const float *x7 = x + (rows > 7) * 7 * ldx;
-  for (long kk = 0; kk < k; kk++, wp += 32) {
+  for (long kk = 0, o = 0; kk < k; kk++, o += ldk, wp += 32) {
     __m512 w0 = _mm512_loadu_ps(wp), w1 = _mm512_loadu_ps(wp + 16), a;
-    a = _mm512_set1_ps(x0[kk]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
-    a = _mm512_set1_ps(x1[kk]); c10 = _mm512_fmadd_ps(a, w0, c10); c11 = _mm512_fmadd_ps(a, w1, c11);
-    a = _mm512_set1_ps(x2[kk]); c20 = _mm512_fmadd_ps(a, w0, c20); c21 = _mm512_fmadd_ps(a, w1, c21);
-    a = _mm512_set1_ps(x3[kk]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
-    a = _mm512_set1_ps(x4[kk]); c40 = _mm512_fmadd_ps(a, w0, c40); c41 = _mm512_fmadd_ps(a, w1, c41);
-    a = _mm512_set1_ps(x5[kk]); c50 = _mm512_fmadd_ps(a, w0, c50); c51 = _mm512_fmadd_ps(a, w1, c51);
-    a = _mm512_set1_ps(x6[kk]); c60 = _mm512_fmadd_ps(a, w0, c60); c61 = _mm512_fmadd_ps(a, w1, c61);
-    a = _mm512_set1_ps(x7[kk]); c70 = _mm512_fmadd_ps(a, w0, c70); c71 = _mm512_fmadd_ps(a, w1, c71);
-  }
-  __m512 r[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
-  for (int i = 0; i < rows; i++) {
-    float *yi = y + i * ldy;
-    if (acc) {
-      r[2 * i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[2 * i]);
-      r[2 * i + 1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yi + 16), r[2 * i + 1]);
-    }
-    _mm512_mask_storeu_ps(yi, m0, r[2 * i]);
-    if (m1) _mm512_mask_storeu_ps(yi + 16, m1, r[2 * i + 1]);
-  }
-}
-
-// The transposed-x tile of a weight gradient: y[i, 0..32) (+)= Σ_kk xt[kk·ldx + i] · wp[kk·32 + 0..32) for i < rows
-// (≤ 8): the 8 rows' values at one kk are adjacent (a row of dY), so each step broadcasts from one cache line.
-// Rows past `rows` read row 0 again and are not stored; outputs past `cols` are masked.
-AVX512 static inline void packed_tile_t(long k, const float *xt, long ldx, const float *wp, float *y, long ldy,
-                                        int rows, int cols, int acc) {
-  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
-  __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
-  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
-  const long o1 = rows > 1, o2 = rows > 2 ? 2 : 0, o3 = rows > 3 ? 3 : 0, o4 = rows > 4 ? 4 : 0;
-  const long o5 = rows > 5 ? 5 : 0, o6 = rows > 6 ? 6 : 0, o7 = rows > 7 ? 7 : 0;
-  for (long kk = 0; kk < k; kk++, wp += 32, xt += ldx) {
-    __m512 w0 = _mm512_loadu_ps(wp), w1 = _mm512_loadu_ps(wp + 16), a;
-    a = _mm512_set1_ps(xt[0]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
-    a = _mm512_set1_ps(xt[o1]); c10 = _mm512_fmadd_ps(a, w0, c10); c11 = _mm512_fmadd_ps(a, w1, c11);
-    a = _mm512_set1_ps(xt[o2]); c20 = _mm512_fmadd_ps(a, w0, c20); c21 = _mm512_fmadd_ps(a, w1, c21);
-    a = _mm512_set1_ps(xt[o3]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
-    a = _mm512_set1_ps(xt[o4]); c40 = _mm512_fmadd_ps(a, w0, c40); c41 = _mm512_fmadd_ps(a, w1, c41);
-    a = _mm512_set1_ps(xt[o5]); c50 = _mm512_fmadd_ps(a, w0, c50); c51 = _mm512_fmadd_ps(a, w1, c51);
-    a = _mm512_set1_ps(xt[o6]); c60 = _mm512_fmadd_ps(a, w0, c60); c61 = _mm512_fmadd_ps(a, w1, c61);
-    a = _mm512_set1_ps(xt[o7]); c70 = _mm512_fmadd_ps(a, w0, c70); c71 = _mm512_fmadd_ps(a, w1, c71);
+    a = _mm512_set1_ps(x0[o]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
+    a = _mm512_set1_ps(x1[o]); c10 = _mm512_fmadd_ps(a, w0, c10); c11 = _mm512_fmadd_ps(a, w1, c11);
+    a = _mm512_set1_ps(x2[o]); c20 = _mm512_fmadd_ps(a, w0, c20); c21 = _mm512_fmadd_ps(a, w1, c21);
+    a = _mm512_set1_ps(x3[o]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
+    a = _mm512_set1_ps(x4[o]); c40 = _mm512_fmadd_ps(a, w0, c40); c41 = _mm512_fmadd_ps(a, w1, c41);
+    a = _mm512_set1_ps(x5[o]); c50 = _mm512_fmadd_ps(a, w0, c50); c51 = _mm512_fmadd_ps(a, w1, c51);
+    a = _mm512_set1_ps(x6[o]); c60 = _mm512_fmadd_ps(a, w0, c60); c61 = _mm512_fmadd_ps(a, w1, c61);
+    a = _mm512_set1_ps(x7[o]); c70 = _mm512_fmadd_ps(a, w0, c70); c71 = _mm512_fmadd_ps(a, w1, c71);
   }
   __m512 r[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
   for (int i = 0; i < rows; i++) {
@@ -844,7 +814,7 @@ AVX512 static inline void packed_tile_t(long k, const float *xt, long ldx, const
 }
 
 // Chunks of WG_CHUNK rows of the reduction: X's chunk packed into 32-column panels (a row-major copy, 32 KiB per
-// panel), then every 8-row tile of dW over every panel, accumulating across chunks.
+// panel), then every 8-row tile of dW over every panel (the tile reading dY transposed), accumulating across chunks.
 AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, long rows, long n, long k, float *dw,
                                              int acc, float *scratch) {
   for (long r0 = 0; r0 < rows; r0 += WG_CHUNK) {
@@ -853,8 +823,8 @@ AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, lo
     int a = acc || r0 > 0;
     for (long i0 = 0; i0 < n; i0 += 8)
       for (long p0 = 0; p0 < k; p0 += 32)
-        packed_tile_t(kc, dy + r0 * n + i0, n, scratch + p0 * kc, dw + i0 * k + p0, k, n - i0 < 8 ? (int)(n - i0) : 8,
-                      k - p0 < 32 ? (int)(k - p0) : 32, a);
+        packed_tile(kc, dy + r0 * n + i0, 1, n, scratch + p0 * kc, dw + i0 * k + p0, k, 0,
+                    n - i0 < 8 ? (int)(n - i0) : 8, k - p0 < 32 ? (int)(k - p0) : 32, a);
   }
 }
 
@@ -866,7 +836,7 @@ AVX512 static void packed_linear_avx512(const float *x, long ldx, long rows, lon
     for (long p0 = 0; p0 < n; p0 += 32) {
       int cols = n - p0 < 32 ? (int)(n - p0) : 32;
       for (long i = i0; i < i1; i += 8)
-        packed_tile(k, x + i * ldx, ldx, packed + p0 * k, y + i * ldy + p0, ldy, bias ? bias + p0 : 0,
+        packed_tile(k, x + i * ldx, ldx, 1, packed + p0 * k, y + i * ldy + p0, ldy, bias ? bias + p0 : 0,
                     i1 - i < 8 ? (int)(i1 - i) : 8, cols, acc);
     }
   }

@@ -91,26 +91,11 @@ public enum BLAS {
     // N would make every part pack the whole of the other operand, so split K instead, each part packing its own
     // half of both, and add the partial products.
     if splitK && k >= 2 * max(m, n) && k >= 512 {
-      let parts = Parallel.parts(k, minChunk: 256)
-      let partial = Tensor(uninitialized: [max(parts - 1, 0), m * n])
-      nonisolated(unsafe) let pp = partial.data
-      Parallel.forEachChunkIndexed(k, minChunk: 256) { part, r in
+      Parallel.forEachPartialSum(k, minChunk: 256, rows: m, cols: n, into: c, ld: ldc) { part, r, dst, ld in
         let aOff = ta == .none ? r.lowerBound : r.lowerBound * lda  // A is [M, K] (or [K, M] transposed)
         let bOff = tb == .none ? r.lowerBound * ldb : r.lowerBound  // B is [K, N] (or [N, K] transposed)
-        if part == 0 {
-          sgemmRaw(ta, tb, m, n, r.count, alpha: alpha, a + aOff, lda: lda, b + bOff, ldb: ldb, beta: beta, c,
-                   ldc: ldc)
-        } else {
-          sgemmRaw(ta, tb, m, n, r.count, alpha: alpha, a + aOff, lda: lda, b + bOff, ldb: ldb, beta: 0,
-                   pp + (part - 1) * m * n, ldc: n)
-        }
-      }
-      for part in 1..<max(parts, 1) {
-        let src = pp + (part - 1) * m * n
-        for i in 0..<m {
-          let ci = c + i * ldc, si = src + i * n
-          for j in 0..<n { ci[j] += si[j] }
-        }
+        sgemmRaw(ta, tb, m, n, r.count, alpha: alpha, a + aOff, lda: lda, b + bOff, ldb: ldb,
+                 beta: part == 0 ? beta : 0, dst, ldc: ld)
       }
       return
     }

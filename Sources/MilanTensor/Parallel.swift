@@ -102,6 +102,34 @@ public enum Parallel {
     return parts
   }
 
+  /// A sum over `0..<count` (a reduction dimension, e.g. the tokens of a weight gradient) split across the threads in
+  /// parts of at least `minChunk`, so that no part has to repeat another's work on the output. `body(part, range,
+  /// destination, ld)` computes one part's [rows, cols] result: part 0 straight into `out` (rows `ld` apart; the body
+  /// decides whether it overwrites or accumulates), the others into scratch (rows `cols` apart, to be overwritten),
+  /// which is then added to `out` in part order.
+  static func forEachPartialSum(_ count: Int, minChunk: Int, rows: Int, cols: Int,
+                                into out: UnsafeMutablePointer<Float>, ld: Int,
+                                _ body: (Int, Range<Int>, UnsafeMutablePointer<Float>, Int) -> Void) {
+    let parts = self.parts(count, minChunk: minChunk)
+    let partial = Tensor(uninitialized: [max(parts - 1, 0) * rows * cols])
+    nonisolated(unsafe) let out = out, pp = partial.data
+    forEachChunkIndexed(count, minChunk: minChunk) { part, r in
+      if part == 0 {
+        body(0, r, out, ld)
+      } else {
+        body(part, r, pp + (part - 1) * rows * cols, cols)
+      }
+    }
+    for part in 1..<max(parts, 1) {
+      let src = pp + (part - 1) * rows * cols
+      if ld == cols {
+        Kernels.axpy(1, x: src, y: out, count: rows * cols)
+      } else {
+        for i in 0..<rows { Kernels.axpy(1, x: src + i * cols, y: out + i * ld, count: cols) }
+      }
+    }
+  }
+
   /// Number of chunks `forEachChunk(count, minChunk:)` would use.
   @inlinable
   public static func parts(_ count: Int, minChunk: Int = 1, tasksPerThread: Int = 1) -> Int {

@@ -88,22 +88,18 @@ extension Kernels {
   }
 
   /// dW[n, k] (+)= dY[rows, n]ᵀ·X[rows, k] (all contiguous) on the packed kernel. The rows — the reduction — are split
-  /// across the cores in parts of at least 256, each part packing its own chunks of X; parts after the first write
-  /// partial products, added to dW at the end (the split BLAS uses for these products too).
+  /// across the cores in parts of at least 256 (`Parallel.forEachPartialSum`, the split BLAS uses for these products
+  /// too), each part packing its own chunks of X.
   static func packedWeightGrad(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, rows: Int, n: Int, k: Int,
                                dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
     if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
-    let parts = Parallel.parts(rows, minChunk: 256)
     let perScratch = milan_packed_weight_grad_scratch(k)
-    let scratch = Tensor(uninitialized: [parts * perScratch + (parts - 1) * n * k])
-    nonisolated(unsafe) let dy = dy, x = x, dw = dw, sp = scratch.data, pp = scratch.data + parts * perScratch
-    let used = Parallel.forEachChunkIndexed(rows, minChunk: 256) { part, r in
-      let out = part == 0 ? dw : pp + (part - 1) * n * k
-      milan_packed_weight_grad(dy + r.lowerBound * n, x + r.lowerBound * k, r.count, n, k, out,
+    let scratch = Tensor(uninitialized: [Parallel.parts(rows, minChunk: 256) * perScratch])
+    nonisolated(unsafe) let dy = dy, x = x, sp = scratch.data
+    Parallel.forEachPartialSum(rows, minChunk: 256, rows: n, cols: k, into: dw, ld: k) { part, r, dst, _ in
+      milan_packed_weight_grad(dy + r.lowerBound * n, x + r.lowerBound * k, r.count, n, k, dst,
                                part == 0 && accumulate ? 1 : 0, sp + part * perScratch)
     }
-    precondition(used == parts, "packedWeightGrad: \(used) parts, expected \(parts)")
-    for part in 1..<parts { axpy(1, x: pp + (part - 1) * n * k, y: dw, count: n * k) }
   }
 
   /// Whether `packedProduct` is the faster way to compute y[rows, n] = x[rows, k]·op(B): the inner dimension at least
