@@ -158,7 +158,9 @@ def header(add, swift, torch):
     add("")
     add("Method: the same shapes (`bench/configs.json`) in both frameworks, run by `bench/run.sh` in alternating "
         "rounds (Swift, then PyTorch, in each round) on a machine shared with other jobs; per op 3 warm-up calls, "
-        "then at least 10 calls and 0.5 s; each MILAN-step configuration runs in its own process on both sides. "
+        "then at least 10 calls and 0.5 s (4 s for the MILAN-step and teacher rows: the host has slow spells of "
+        "about 2 s, and a row timed inside one would report the spell); each MILAN-step configuration runs in its own "
+        "process on both sides. "
         "Per round and side: the best call, its GFLOP/s on the row's work (FLOP formulas below) and its % of the FMA "
         "peak measured in the same round (an inline-assembly loop of independent FMAs, every thread at once). The "
         "tables give the **median over the rounds** of each side's per-round best and % of peak, and the speed-up "

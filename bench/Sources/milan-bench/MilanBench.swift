@@ -4,7 +4,8 @@
 // 3 warm-up calls, then at least 10 calls and 0.5 s; best and median per call). bench/run.sh runs both and writes
 // docs/benchmarks.md.
 // Diagnostics (stderr): MILAN_TRACE_MEM=1 prints each MILAN-step phase's time and the tensor pool's memory;
-// MILAN_BENCH_TIMES=1 prints every call of the interleaved GEMM pairs.
+// MILAN_BENCH_TIMES=1 prints every timed call (of each row, and of the interleaved GEMM pairs); MILAN_BENCH_CALLS=N
+// times at least N calls per row (a long run shows whether a slow spell belongs to the process or to the machine).
 import ArgumentParser
 import Foundation
 import MilanAutograd
@@ -80,6 +81,9 @@ struct Config: Decodable {
   var milan_steps: [StepCase]? = nil
 }
 
+/// Minimum timed seconds of a MILAN-step or teacher row (the other rows: 0.5 s); see `timeOp`.
+let wholeModelSeconds = 4.0
+
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 /// Levers `--ab` can switch, each "on" being the default.
@@ -104,16 +108,26 @@ private func abLever(one name: String) throws -> (Bool) -> Void {
   }
 }
 
-func timeOp(_ body: () -> Void) -> (best: Double, median: Double, calls: Int) {
+/// The timing rule of every row on both sides (bench_torch.py's `time_op`): 3 warm-up calls, then at least 10 calls
+/// and `minSeconds`. The step and teacher rows ask for 4 s (`wholeModelSeconds`): this machine's host has slow spells
+/// of about 2 s (one 150-call run of the cached CPU step: calls at 150–165 ms, then ~12 calls at 166–180 ms, then
+/// back), and a row timed in under 2 s could fall wholly inside one and report its best as the spell's.
+func timeOp(minSeconds: Double = 0.5, _ body: () -> Void) -> (best: Double, median: Double, calls: Int) {
   for _ in 0..<3 { body() }
   var times: [Double] = []
   var total = 0.0
-  while times.count < 10 || total < 0.5 {
+  let env = ProcessInfo.processInfo.environment
+  let minCalls = max(10, env["MILAN_BENCH_CALLS"].flatMap { Int($0) } ?? 10)
+  while times.count < minCalls || total < minSeconds {
     let t0 = now()
     body()
     let dt = now() - t0
     times.append(dt)
     total += dt
+  }
+  if env["MILAN_BENCH_TIMES"] != nil {
+    let line = times.map { String(format: "%.1f", $0 * 1e3) }.joined(separator: " ")
+    FileHandle.standardError.write("  calls (ms): \(line)\n".data(using: .utf8)!)
   }
   times.sort()
   return (times[0] * 1e3, times[times.count / 2] * 1e3, times.count)
@@ -204,7 +218,7 @@ struct MilanBench: ParsableCommand {
     var results: [Result] = []
     func record(_ op: String, _ conf: String, flops: Double? = nil, _ body: () -> Void) {
       if let only, !op.hasPrefix(only) { return }
-      let t = timeOp(body)
+      let t = timeOp(minSeconds: op == "milan_step" || op == "teacher_fwd" ? wholeModelSeconds : 0.5, body)
       let gf = flops.map { $0 / (t.best * 1e-3) / 1e9 }
       results.append(Result(op: op, config: conf, best_ms: t.best, median_ms: t.median, gflops: gf, calls: t.calls,
                             flops: flops))
