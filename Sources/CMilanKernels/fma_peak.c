@@ -81,3 +81,6 @@ double milan_fma_peak_run(int width, long iterations) {
 static long long g_flops = 0;
 void milan_flop_counter_add(long long flops) { __atomic_fetch_add(&g_flops, flops, __ATOMIC_RELAXED); }
 long long milan_flop_counter_take(void) { return __atomic_exchange_n(&g_flops, 0, __ATOMIC_RELAXED); }
+static _Thread_local int t_counting = 0;
+void milan_flop_counting_set(int on) { t_counting = on; }
+int milan_flop_counting(void) { return t_counting; }

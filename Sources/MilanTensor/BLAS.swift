@@ -45,9 +45,14 @@ public enum BLAS {
     #endif
   }
 
-  /// FLOPs (2·M·N·K) of every GEMM since the counter was last read, while `countFLOPs` is on (benchmarks check
-  /// their FLOP formulas against it). Off by default: one relaxed atomic add per call when on.
-  nonisolated(unsafe) public static var countFLOPs = false
+  /// Whether the GEMMs this thread issues — and those of the parallel regions it starts, on whichever thread runs
+  /// their parts — add 2·M·N·K to the FLOP counter (benchmarks and tests check their FLOP formulas against it). A flag
+  /// of the calling thread, so another thread's products are never counted. Off by default: one relaxed atomic add
+  /// per call when on.
+  public static var countFLOPs: Bool {
+    get { milan_flop_counting() != 0 }
+    set { milan_flop_counting_set(newValue ? 1 : 0) }
+  }
 
   /// Returns the FLOPs counted since the last call and resets the counter.
   public static func takeCountedFLOPs() -> Int { Int(milan_flop_counter_take()) }
@@ -60,7 +65,7 @@ public enum BLAS {
     _ c: UnsafeMutablePointer<Float>, ldc: Int
   ) {
     if m == 0 || n == 0 { return }
-    if countFLOPs { milan_flop_counter_add(Int64(2 * m * n * k)) }
+    if milan_flop_counting() != 0 { milan_flop_counter_add(Int64(2 * m * n * k)) }
     #if canImport(Accelerate)
     cblas_sgemm(CblasRowMajor, ta == .none ? CblasNoTrans : CblasTrans, tb == .none ? CblasNoTrans : CblasTrans,
                 __LAPACK_int(m), __LAPACK_int(n), __LAPACK_int(k), alpha, a, __LAPACK_int(lda), b, __LAPACK_int(ldb),

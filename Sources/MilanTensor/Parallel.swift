@@ -27,6 +27,22 @@ public enum Parallel {
   /// by one, so a core slowed by another process does less of the work.
   @usableFromInline
   static func run(parts: Int, _ body: (Int) -> Void) {
+    if milan_flop_counting() != 0 {  // a counting thread's region counts on every thread that runs its parts
+      withoutActuallyEscaping(body) { body in
+        let counted: (Int) -> Void = { part in
+          let was = milan_flop_counting()
+          milan_flop_counting_set(1)
+          body(part)
+          milan_flop_counting_set(was)
+        }
+        distribute(parts: parts, counted)
+      }
+      return
+    }
+    distribute(parts: parts, body)
+  }
+
+  private static func distribute(parts: Int, _ body: (Int) -> Void) {
     let workers = min(threads, parts)
     if workers <= 1 {
       for p in 0..<parts { body(p) }

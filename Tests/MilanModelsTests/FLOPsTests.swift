@@ -2,6 +2,7 @@
 // (BLAS.sgemmRaw counts 2·M·N·K per call while BLAS.countFLOPs is on): equal to the FLOP, on odd sizes, for every
 // decoder and both teacher families. If a kernel did extra products (a recomputation in a backward, a dX nobody
 // needs), the benchmark's % of peak would be computed on work that was not the model's: this test says so.
+import Foundation
 import MilanAutograd
 import MilanModels
 import MilanNN
@@ -10,12 +11,9 @@ import MilanTestSupport
 import Testing
 
 @Suite(.serialized) struct FLOPsTests {
-  /// Runs `body` with the counter on and returns the FLOPs it issued. The counter is process-wide, so a GEMM another
-  /// suite runs meanwhile would be counted too: the kernel suite (the busiest) is kept out by the lock it holds while
-  /// it switches SIMD paths.
+  /// Runs `body` with the counter on and returns the FLOPs it issued. Counting is a flag of this thread (and of the
+  /// parts of the regions it starts), so the products other suites run meanwhile are not counted.
   func counted(_ body: () throws -> Void) rethrows -> Double {
-    simdLevelLock.lock()
-    defer { simdLevelLock.unlock() }
     BLAS.countFLOPs = true
     defer { BLAS.countFLOPs = false }
     _ = BLAS.takeCountedFLOPs()
@@ -69,6 +67,26 @@ import Testing
       let got = counted { _ = teacher.encode(images) }
       check(got, 2 * FLOPs.teacherForward(teacher.architecture, imageSize: size), "\(teacher.architecture.family) teacher")
     }
+  }
+
+  @Test func countingIsAFlagOfTheCountingThread() {
+    // A product split across the cores while this thread counts is counted whole (its parts run on other threads);
+    // one another thread runs meanwhile is not counted at all.
+    var rng = SplitMix64(seed: 6)
+    let a = Tensor.randn([300, 256], rng: &rng), b = Tensor.randn([256, 280], rng: &rng)
+    let c = Tensor(uninitialized: [300, 280]), c2 = Tensor(uninitialized: [300, 280])
+    nonisolated(unsafe) let (ap, bp, c2p) = (a.data, b.data, c2.data)
+    let got = counted {
+      let done = DispatchSemaphore(value: 0)
+      Thread {
+        BLAS.sgemm(.none, .none, 300, 280, 256, ap, lda: 256, bp, ldb: 280, c2p, ldc: 280)
+        done.signal()
+      }.start()
+      BLAS.sgemm(.none, .none, 300, 280, 256, a.data, lda: 256, b.data, ldb: 280, c.data, ldc: 280)
+      done.wait()
+    }
+    check(got, 2 * 300 * 280 * 256, "one product on this thread while another thread runs one")
+    #expect(c.toArray() == c2.toArray())
   }
 
   @Test func thePaperConfigurationIsTheIssuesHandCount() {

@@ -96,9 +96,13 @@ int milan_fma_peak_widths(void);
 // FLOPs done (2 per lane per FMA), or 0 when this CPU has no such width. The caller times it.
 double milan_fma_peak_run(int width, long iterations);
 
-// A process-wide FLOP counter (relaxed atomics) that BLAS.sgemmRaw feeds while counting is on.
+// A process-wide FLOP counter (relaxed atomics) that BLAS.sgemmRaw feeds while counting is on. Counting is a flag of
+// the calling thread (Parallel.run sets it on the threads running a counting thread's parts), so products another
+// thread runs meanwhile are not counted.
 void milan_flop_counter_add(long long flops);
 long long milan_flop_counter_take(void);
+void milan_flop_counting_set(int on);
+int milan_flop_counting(void);
 
 #ifdef __cplusplus
 }

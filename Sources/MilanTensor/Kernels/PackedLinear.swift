@@ -104,10 +104,19 @@ extension Kernels {
 
   /// Whether `packedProduct` is the faster way to compute y[rows, n] = x[rows, k]·op(B): the inner dimension at least
   /// twice the output's (the MLP's second layer forward, the backward dX of qkv, fc1 and the decoder's kv), where
-  /// OpenBLAS spends a large share packing x, which the packed kernel reads in place (docs/benchmarks.md).
+  /// OpenBLAS spends a large share packing x, which the packed kernel reads in place; and every product with all
+  /// three sizes ≥ 256 (the paper's ViT-B/16 and decoder layers), where the packed kernel's inner loop runs at 96–99 %
+  /// of a core's FMA peak against OpenBLAS's 84–89 % (one-thread harness, packing of B included: 5–10 % faster;
+  /// in-process A/B of the paper step with cached targets: median −3.4 %; docs/benchmarks.md).
   public static func prefersPackedProduct(rows: Int, k: Int, n: Int) -> Bool {
-    packsTrainingProducts && k >= 2 * n && n >= 32 && rows >= 64 && milan_packed_linear_avx512() != 0
+    packsTrainingProducts && milan_packed_linear_avx512() != 0
+      && ((k >= 2 * n && n >= 32 && rows >= 64) || (packsLargeProducts && rows >= 256 && n >= 256 && k >= 256))
   }
+
+  /// Whether large products (rows, n, k ≥ 256) run on the packed kernel whatever their shape (`prefersPackedProduct`);
+  /// `MILAN_PACKED_LARGE=0` keeps them on OpenBLAS (A/B runs).
+  nonisolated(unsafe) public static var packsLargeProducts: Bool =
+    ProcessInfo.processInfo.environment["MILAN_PACKED_LARGE"] != "0"
 
   /// Whether a forward y = x·Wᵀ + b runs on the packed kernel: the long inner dimensions above, and short ones
   /// (16 ≤ k ≤ 256, the CPU default's 128- and 96-wide layers), where OpenBLAS's copy of x and the separate bias
