@@ -790,6 +790,10 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, con
   const float *x0 = x, *x1 = x + (rows > 1) * ldx, *x2 = x + (rows > 2) * 2 * ldx, *x3 = x + (rows > 3) * 3 * ldx;
   const float *x4 = x + (rows > 4) * 4 * ldx, *x5 = x + (rows > 5) * 5 * ldx, *x6 = x + (rows > 6) * 6 * ldx;
   const float *x7 = x + (rows > 7) * 7 * ldx;
+  for (int i = 0; i < rows; i++) {  // the tile's outputs, wanted after the loop (a weight gradient's dW is cold)
+    _mm_prefetch((const char *)(y + i * ldy), _MM_HINT_T0);
+    _mm_prefetch((const char *)(y + i * ldy + 16), _MM_HINT_T0);
+  }
   for (long kk = 0, o = 0; kk < k; kk++, o += ldk, wp += 32) {
     __m512 w0 = _mm512_loadu_ps(wp), w1 = _mm512_loadu_ps(wp + 16), a;
     a = _mm512_set1_ps(x0[o]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
