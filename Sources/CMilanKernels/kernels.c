@@ -20,10 +20,12 @@
 
 static int g_level = -1;
 
+// 0: portable loops, 1: AVX2 + FMA, 2: AVX-512 as well (the kernels with an AVX-512 body use it at level 2).
 static int detect_level(void) {
 #if MILAN_X86
   __builtin_cpu_init();
-  return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
+  return __builtin_cpu_supports("avx512f") ? 2 : 1;
 #else
   return 0;
 #endif
@@ -641,8 +643,59 @@ AVX2 static void log_softmax_bwd_avx2(const float *y, const float *dy, float *dx
 }
 #endif
 
+#if MILAN_X86
+#define AVX512F __attribute__((target("avx512f")))
+// exp on 16 lanes: v_exp's reduction and polynomial, with 2^n applied by vscalefps (no exponent-bit arithmetic, and
+// an exact 0 below the range: inputs are clamped to -110, where 2^-159 underflows). Agrees with v_exp to an ulp
+// above -87.3; between -110 and -87.3 it gives the denormal exp where v_exp gives exp(-87.3) ≈ 1.2e-38.
+AVX512F static inline __m512 v16_exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-110.0f)), _mm512_set1_ps(EXP_HI));
+  __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LN2_HI), x);
+  r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LN2_LO), r);
+  __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 q01 = _mm512_fmadd_ps(_mm512_set1_ps(1.6666665459e-1f), r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 q23 = _mm512_fmadd_ps(_mm512_set1_ps(8.3334519073e-3f), r, _mm512_set1_ps(4.1665795894e-2f));
+  __m512 q45 = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+  __m512 p = _mm512_fmadd_ps(_mm512_fmadd_ps(q45, r2, q23), r2, q01);
+  __m512 y = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, fx);
+}
+
+// 16 lanes, the row's tail in one masked vector (no scalar exp per row); scale·(x − max) as one FMA.
+AVX512F static void softmax_fwd_avx512(const float *x, float *y, long rows, long n, float scale) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  long full = n / 16 * 16;
+  __mmask16 tm = (__mmask16)((1u << (n - full)) - 1);
+  for (long r = 0; r < rows; r++) {
+    const float *xr = x + r * n;
+    float *yr = y + r * n;
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    long i = 0;
+    for (; i < full; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(xr + i));
+    if (tm) m = _mm512_mask_max_ps(m, tm, m, _mm512_maskz_loadu_ps(tm, xr + i));
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale);
+    __m512 acc = _mm512_setzero_ps();
+    for (i = 0; i < full; i += 16) {
+      __m512 e = v16_exp(_mm512_fmsub_ps(vs, _mm512_loadu_ps(xr + i), vm));
+      _mm512_storeu_ps(yr + i, e);
+      acc = _mm512_add_ps(acc, e);
+    }
+    if (tm) {
+      __m512 e = _mm512_maskz_mov_ps(tm, v16_exp(_mm512_fmsub_ps(vs, _mm512_maskz_loadu_ps(tm, xr + i), vm)));
+      _mm512_mask_storeu_ps(yr + i, tm, e);
+      acc = _mm512_add_ps(acc, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(acc));
+    for (i = 0; i < full; i += 16) _mm512_storeu_ps(yr + i, _mm512_mul_ps(_mm512_loadu_ps(yr + i), inv));
+    if (tm) _mm512_mask_storeu_ps(yr + i, tm, _mm512_mul_ps(_mm512_maskz_loadu_ps(tm, yr + i), inv));
+  }
+}
+#endif
+
 void milan_softmax_fwd(const float *x, float *y, long rows, long n, float scale) {
 #if MILAN_X86
+  if (milan_simd_level() > 1) { softmax_fwd_avx512(x, y, rows, n, scale); return; }
   if (milan_simd_level() > 0) { softmax_fwd_avx2(x, y, rows, n, scale); return; }
 #endif
   softmax_fwd_scalar(x, y, rows, n, scale);

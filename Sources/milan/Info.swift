@@ -9,7 +9,7 @@ extension Milan {
 
     func run() {
       print("BLAS:     \(BLAS.libraryDescription) (one BLAS thread per worker; MilanTensor splits work itself)")
-      print("SIMD:     \(milan_simd_level() > 0 ? "AVX2 + FMA" : "portable scalar") kernels")
+      print("SIMD:     \(["portable scalar", "AVX2 + FMA", "AVX-512 + AVX2 + FMA"][Int(milan_simd_level())]) kernels")
       print("Threads:  \(Parallel.threads) (set MILAN_THREADS to change)")
     }
   }

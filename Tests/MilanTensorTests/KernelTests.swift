@@ -12,16 +12,16 @@ private func randn(_ shape: [Int], _ seed: UInt64, std: Float = 1) -> Tensor {
 
 private func d(_ t: Tensor) -> [Double] { t.toArray().map(Double.init) }
 
-/// Runs `body` once per available SIMD level (portable, then AVX2 when the CPU has it).
+/// Runs `body` once per available SIMD level (portable, then AVX2, then AVX-512 when the CPU has them).
 private func forEachSIMDLevel(_ body: (Int) -> Void) {
   simdLevelLock.lock()
   defer { simdLevelLock.unlock() }
-  let hw = Int(milan_set_simd_level(1))
+  let hw = Int(milan_set_simd_level(2))
   for level in 0...hw {
     milan_set_simd_level(Int32(level))
     body(level)
   }
-  milan_set_simd_level(1)
+  milan_set_simd_level(Int32(hw))
 }
 
 @Suite(.serialized) struct KernelTests {
@@ -130,7 +130,7 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
 
   @Test func backwardPathsAgreeAcrossSIMDLevels() {
     // The float64 gradient checks (MilanAutogradTests) run on the default path; here the portable path must give
-    // the same gradients as the AVX2 one.
+    // the same gradients as the AVX2 and AVX-512 ones.
     let rows = 130, dim = 45
     let x = randn([rows, dim], 31, std: 2), w = randn([dim], 32), dy = randn([rows, dim], 33)
     var results: [[Float]] = []
@@ -151,14 +151,15 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       Kernels.logSoftmaxBackward(y: lp.data, dy: dy.data, dx: dl.data, rows: rows, n: dim)
       results.append(dx.toArray() + dw.toArray() + db.toArray() + p.toArray() + ds.toArray() + lp.toArray() + dl.toArray())
     }
-    if results.count == 2 {
-      #expect(compare(results[1], results[0], atol: 1e-5, rtol: 1e-5, "avx2 vs portable (LN, softmax, log-softmax fwd+bwd)").ok)
+    for level in results.indices.dropFirst() {
+      #expect(compare(results[level], results[0], atol: 1e-5, rtol: 1e-5,
+                      "SIMD level \(level) vs portable (LN, softmax, log-softmax fwd+bwd)").ok)
     }
   }
 
   @Test func softmaxMatchesNaiveOnBothSIMDPaths() {
     forEachSIMDLevel { level in
-      for (rows, n) in [(384, 50), (7, 197), (3, 5)] {
+      for (rows, n) in [(384, 50), (7, 197), (3, 5), (2, 257), (4, 32), (5, 17)] {
         let x = randn([rows, n], 41, std: 5)
         let y = Tensor(uninitialized: [rows, n]), ly = Tensor(uninitialized: [rows, n])
         Kernels.softmaxForward(x: x.data, y: y.data, rows: rows, n: n)

@@ -1,8 +1,9 @@
 // Row and elementwise SIMD kernels for MILAN in Swift.
 //
 // Every function has an AVX2+FMA body (compiled with a per-function target attribute, so no global -mavx2 flag is
-// needed) and a portable scalar body; the body is picked once from CPUID (`milan_simd_level`). Tests force the scalar
-// body with `milan_set_simd_level(0)` and compare both against naive Swift references.
+// needed) and a portable scalar body, some (the softmax forward) an AVX-512 body too; the body is picked once from
+// CPUID (`milan_simd_level`). Tests force each lower level with `milan_set_simd_level` and compare every body against
+// naive Swift references.
 //
 // Conventions: all arrays are contiguous float32, row-major. Backward functions ACCUMULATE into their gradient
 // outputs (dx += ...) unless an `accumulate` flag says otherwise. Row ranges let the caller split work across threads.
@@ -13,7 +14,7 @@
 extern "C" {
 #endif
 
-/// 0 = portable scalar code, 1 = AVX2 + FMA.
+/// 0 = portable scalar code, 1 = AVX2 + FMA, 2 = AVX-512 as well.
 int milan_simd_level(void);
 /// Forces a level (clamped to what the CPU supports). Returns the level now in force.
 int milan_set_simd_level(int level);
