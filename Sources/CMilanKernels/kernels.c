@@ -216,11 +216,11 @@ AVX2 static inline float hmax(__m256 v) {
 // AVX-512 math (SIMD level 2): the same formulas on 16 lanes.
 
 #if MILAN_X86
-#define AVX512F __attribute__((target("avx512f")))
+#define AVX512 __attribute__((target("avx512f")))
 // exp on 16 lanes: v_exp's reduction and polynomial, with 2^n applied by vscalefps (no exponent-bit arithmetic, and
 // an exact 0 below the range: inputs are clamped to -110, where 2^-159 underflows). Agrees with v_exp to an ulp
 // above -87.3; between -110 and -87.3 it gives the denormal exp where v_exp gives exp(-87.3) ≈ 1.2e-38.
-AVX512F static inline __m512 v16_exp(__m512 x) {
+AVX512 static inline __m512 v16_exp(__m512 x) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-110.0f)), _mm512_set1_ps(EXP_HI));
   __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LN2_HI), x);
@@ -234,7 +234,7 @@ AVX512F static inline __m512 v16_exp(__m512 x) {
   return _mm512_scalef_ps(y, fx);
 }
 
-AVX512F static inline __m512 v16_erfc_pos(__m512 z) {
+AVX512 static inline __m512 v16_erfc_pos(__m512 z) {
   const __m512 one = _mm512_set1_ps(1.0f);
   __m512 den = _mm512_fmadd_ps(_mm512_set1_ps(0.5f), z, one);
   __m512 r0 = _mm512_rcp14_ps(den);
@@ -255,7 +255,7 @@ AVX512F static inline __m512 v16_erfc_pos(__m512 z) {
 // As v_phi; the erfc tail is computed when any of the 16 lanes needs it. With 8 lanes that branch is taken for about
 // 40 % of a ViT MLP's vectors, unpredictably; with 16 it is taken more often but mispredicted less (one thread,
 // normal inputs of std 1.5: GELU 652 → 343 µs per 395 k values).
-AVX512F static inline __m512 v16_phi(__m512 x) {
+AVX512 static inline __m512 v16_phi(__m512 x) {
   __m512 ax = _mm512_abs_ps(x);
   __m512 u = _mm512_mul_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(PHI_INV_C2));
   __m512 q = _mm512_set1_ps(PHI_Q[8]);
@@ -270,7 +270,7 @@ AVX512F static inline __m512 v16_phi(__m512 x) {
   return res;
 }
 
-AVX512F static inline __m512 v16_sigmoid(__m512 z) {
+AVX512 static inline __m512 v16_sigmoid(__m512 z) {
   const __m512 one = _mm512_set1_ps(1.0f);
   return _mm512_div_ps(one, _mm512_add_ps(one, v16_exp(_mm512_sub_ps(_mm512_setzero_ps(), z))));
 }
@@ -331,17 +331,17 @@ AVX2 static inline __m256 v_quick_grad(__m256 x) {
   return _mm256_add_ps(s, t);
 }
 
-AVX512F static inline __m512 v16_gelu_erf(__m512 x) { return _mm512_mul_ps(x, v16_phi(x)); }
-AVX512F static inline __m512 v16_gelu_erf_grad(__m512 x) {
+AVX512 static inline __m512 v16_gelu_erf(__m512 x) { return _mm512_mul_ps(x, v16_phi(x)); }
+AVX512 static inline __m512 v16_gelu_erf_grad(__m512 x) {
   __m512 g = v16_exp(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(x, x)));
   return _mm512_fmadd_ps(_mm512_mul_ps(x, _mm512_set1_ps(INV_SQRT_2PI)), g, v16_phi(x));
 }
-AVX512F static inline __m512 v16_gelu_tanh(__m512 x) {
+AVX512 static inline __m512 v16_gelu_tanh(__m512 x) {
   __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
   __m512 u = _mm512_mul_ps(_mm512_set1_ps(SQRT_2_OVER_PI), _mm512_fmadd_ps(_mm512_set1_ps(GELU_C), x3, x));
   return _mm512_mul_ps(x, v16_sigmoid(_mm512_add_ps(u, u)));
 }
-AVX512F static inline __m512 v16_gelu_tanh_grad(__m512 x) {
+AVX512 static inline __m512 v16_gelu_tanh_grad(__m512 x) {
   __m512 xx = _mm512_mul_ps(x, x);
   __m512 u = _mm512_mul_ps(_mm512_set1_ps(SQRT_2_OVER_PI), _mm512_fmadd_ps(_mm512_set1_ps(GELU_C), _mm512_mul_ps(xx, x), x));
   __m512 e = v16_exp(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
@@ -351,10 +351,10 @@ AVX512F static inline __m512 v16_gelu_tanh_grad(__m512 x) {
   __m512 t = _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(x, x), s), _mm512_mul_ps(e, s));
   return _mm512_fmadd_ps(t, du, s);
 }
-AVX512F static inline __m512 v16_quick(__m512 x) {
+AVX512 static inline __m512 v16_quick(__m512 x) {
   return _mm512_mul_ps(x, v16_sigmoid(_mm512_mul_ps(_mm512_set1_ps(1.702f), x)));
 }
-AVX512F static inline __m512 v16_quick_grad(__m512 x) {
+AVX512 static inline __m512 v16_quick_grad(__m512 x) {
   __m512 z = _mm512_mul_ps(_mm512_set1_ps(1.702f), x);
   __m512 e = v16_exp(_mm512_sub_ps(_mm512_setzero_ps(), z));
   __m512 s = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
@@ -366,7 +366,7 @@ AVX512F static inline __m512 v16_quick_grad(__m512 x) {
 #if MILAN_X86
 #define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD, V16FWD, V16GRAD)                        \
   /* 16 lanes, 4 vectors per iteration; the tail in one masked vector. */                    \
-  AVX512F static void NAME##_fwd_avx512(const float *x, float *y, long n) {                 \
+  AVX512 static void NAME##_fwd_avx512(const float *x, float *y, long n) {                 \
     long i = 0;                                                                             \
     for (; i + 64 <= n; i += 64) {                                                          \
       __m512 a0 = V16FWD(_mm512_loadu_ps(x + i)), a1 = V16FWD(_mm512_loadu_ps(x + i + 16)); \
@@ -379,7 +379,7 @@ AVX512F static inline __m512 v16_quick_grad(__m512 x) {
       _mm512_mask_storeu_ps(y + i, m, V16FWD(_mm512_maskz_loadu_ps(m, x + i)));            \
     }                                                                                       \
   }                                                                                         \
-  AVX512F static void NAME##_bwd_avx512(const float *x, const float *dy, float *dx, long n, int acc) { \
+  AVX512 static void NAME##_bwd_avx512(const float *x, const float *dy, float *dx, long n, int acc) { \
     for (long i = 0; i < n; i += 16) {                                                      \
       __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);    \
       __m512 g = V16GRAD(_mm512_maskz_loadu_ps(m, x + i));                                  \
@@ -765,7 +765,7 @@ AVX2 static void log_softmax_bwd_avx2(const float *y, const float *dy, float *dx
 
 #if MILAN_X86
 // 16 lanes, the row's tail in one masked vector (no scalar exp per row); scale·(x − max) as one FMA.
-AVX512F static void softmax_fwd_avx512(const float *x, float *y, long rows, long n, float scale) {
+AVX512 static void softmax_fwd_avx512(const float *x, float *y, long rows, long n, float scale) {
   const __m512 vs = _mm512_set1_ps(scale);
   long full = n / 16 * 16;
   __mmask16 tm = (__mmask16)((1u << (n - full)) - 1);
@@ -926,7 +926,6 @@ static void packed_weight_grad_scalar(const float *dy, const float *x, long rows
 #define WG_CHUNK 256
 
 #if MILAN_X86
-#define AVX512 __attribute__((target("avx512f")))
 
 // Rows [0, rows) (rows ≤ 8) of one 32-output panel: 16 accumulators, the panel's two vectors per k, one broadcast
 // per row. Row i's factor at step kk is x[i·ldx + kk·ldk]: ldk = 1 reads rows of x in place (a forward, dX); ldx = 1
