@@ -887,16 +887,16 @@ void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_
   }
 }
 
-void milan_pack_rows_panels(const float *b, long k, long n, long p_lo, long p_hi, float *packed) {
+void milan_pack_rows_panels(const float *b, long ldb, long k, long n, long p_lo, long p_hi, float *packed) {
   for (long p = p_lo; p < p_hi; p++) {
     float *dst = packed + p * 32 * k;
     long c0 = p * 32, cols = n - c0 < 32 ? n - c0 : 32;
     if (cols == 32) {  // a fixed-size copy, inlined as vector moves (a library call per 128 bytes cost more)
-      for (long kk = 0; kk < k; kk++) memcpy(dst + kk * 32, b + kk * n + c0, 32 * sizeof(float));
+      for (long kk = 0; kk < k; kk++) memcpy(dst + kk * 32, b + kk * ldb + c0, 32 * sizeof(float));
       continue;
     }
     for (long kk = 0; kk < k; kk++) {
-      memcpy(dst + kk * 32, b + kk * n + c0, (size_t)cols * sizeof(float));
+      memcpy(dst + kk * 32, b + kk * ldb + c0, (size_t)cols * sizeof(float));
       for (long j = cols; j < 32; j++) dst[kk * 32 + j] = 0.0f;
     }
   }
@@ -913,17 +913,25 @@ static void packed_linear_scalar(const float *x, long ldx, long rows, long k, co
     }
 }
 
-// dW[n, k] (+)= dYᵀ·X over `rows` rows, portable loop (what runs without AVX-512).
-static void packed_weight_grad_scalar(const float *dy, const float *x, long rows, long n, long k, float *dw, int acc) {
-  for (long i = 0; i < n; i++)
-    for (long j = 0; j < k; j++) {
+// dW[i, c] (+)= Σ_r dY[r, i]·X[r, c] for i in [i_lo, i_hi), c in [c_lo, c_hi), portable loop (what runs without
+// AVX-512).
+static void packed_weight_grad_scalar(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
+                                      long c_lo, long c_hi, float *dw, int acc) {
+  for (long i = i_lo; i < i_hi; i++)
+    for (long j = c_lo; j < c_hi; j++) {
       float s = 0.0f;
       for (long r = 0; r < rows; r++) s += dy[r * n + i] * x[r * k + j];
       dw[i * k + j] = acc ? dw[i * k + j] + s : s;
     }
 }
 
-#define WG_CHUNK 256
+// The reduction of a weight gradient runs in chunks of at most WG_CHUNK rows, all of equal length (e.g. 1176 rows: 3
+// chunks of 392), so the packed X of one chunk stays near L2 and the 8 × kc micro-panels of dY in L1.
+#define WG_CHUNK 512
+static long wg_chunk(long rows) {
+  long chunks = (rows + WG_CHUNK - 1) / WG_CHUNK;
+  return chunks > 0 ? (rows + chunks - 1) / chunks : 1;
+}
 
 #if MILAN_X86
 
@@ -971,18 +979,37 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, con
   }
 }
 
-// Chunks of WG_CHUNK rows of the reduction: X's chunk packed into 32-column panels (a row-major copy, 32 KiB per
-// panel), then every 8-row tile of dW over every panel (the tile reading dY transposed), accumulating across chunks.
-AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, long rows, long n, long k, float *dw,
-                                             int acc, float *scratch) {
-  for (long r0 = 0; r0 < rows; r0 += WG_CHUNK) {
-    long kc = rows - r0 < WG_CHUNK ? rows - r0 : WG_CHUNK;
-    milan_pack_rows_panels(x + r0 * k, kc, k, 0, (k + 31) / 32, scratch);
+// Per chunk of the reduction: X's chunk [kc, c_lo ..< c_hi] packed into 32-column panels; then per 16 outputs i,
+// dY's chunk [kc, i ..< i + 16] copied into two 8-wide micro-panels (the tile's 8 factors of a step adjacent, read
+// from L1), and the two tiles of every panel, accumulating across chunks.
+AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, long rows, long n, long k, long i_lo,
+                                             long i_hi, long c_lo, long c_hi, float *dw, int acc, float *scratch) {
+  long kcmax = wg_chunk(rows), cols = c_hi - c_lo;
+  float *xp = scratch, *mp = scratch + kcmax * ((cols + 31) / 32 * 32);
+  for (long r0 = 0; r0 < rows; r0 += kcmax) {
+    long kc = rows - r0 < kcmax ? rows - r0 : kcmax;
+    milan_pack_rows_panels(x + r0 * k + c_lo, k, kc, cols, 0, (cols + 31) / 32, xp);
     int a = acc || r0 > 0;
-    for (long i0 = 0; i0 < n; i0 += 8)
-      for (long p0 = 0; p0 < k; p0 += 32)
-        packed_tile(kc, dy + r0 * n + i0, 1, n, scratch + p0 * kc, dw + i0 * k + p0, k, 0,
-                    n - i0 < 8 ? (int)(n - i0) : 8, k - p0 < 32 ? (int)(k - p0) : 32, a);
+    for (long i0 = i_lo; i0 < i_hi; i0 += 16) {
+      int tiles = i_hi - i0 > 8 ? 2 : 1;
+      for (int t = 0; t < tiles; t++) {
+        long ib = i0 + 8 * t;
+        int nr = i_hi - ib < 8 ? (int)(i_hi - ib) : 8;
+        const float *src = dy + r0 * n + ib;
+        float *dst = mp + t * 8 * kc;
+        if (nr == 8)
+          for (long kk = 0; kk < kc; kk++) _mm256_storeu_ps(dst + kk * 8, _mm256_loadu_ps(src + kk * n));
+        else
+          for (long kk = 0; kk < kc; kk++)
+            for (int j = 0; j < 8; j++) dst[kk * 8 + j] = j < nr ? src[kk * n + j] : 0.0f;
+      }
+      for (long p0 = 0; p0 < cols; p0 += 32)
+        for (int t = 0; t < tiles; t++) {
+          long ib = i0 + 8 * t;
+          packed_tile(kc, mp + t * 8 * kc, 1, 8, xp + p0 * kc, dw + ib * k + c_lo + p0, k, 0,
+                      i_hi - ib < 8 ? (int)(i_hi - ib) : 8, cols - p0 < 32 ? (int)(cols - p0) : 32, a);
+        }
+    }
   }
 }
 
@@ -1027,18 +1054,22 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
   packed_linear_scalar(x, ldx, rows, k, packed, n, bias, y, ldy, accumulate);
 }
 
-long milan_packed_weight_grad_scratch(long k) { return (long)WG_CHUNK * ((k + 31) / 32 * 32); }
+long milan_packed_weight_grad_scratch(long rows, long cols) {
+  long kc = wg_chunk(rows);
+  return kc * ((cols + 31) / 32 * 32) + 16 * kc;
+}
 
-void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, float *dw, int accumulate,
-                              float *scratch) {
+void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
+                              long c_lo, long c_hi, float *dw, int accumulate, float *scratch) {
+  if (i_lo >= i_hi || c_lo >= c_hi) return;
 #if MILAN_X86
   if (milan_packed_linear_avx512()) {
-    packed_weight_grad_avx512(dy, x, rows, n, k, dw, accumulate, scratch);
+    packed_weight_grad_avx512(dy, x, rows, n, k, i_lo, i_hi, c_lo, c_hi, dw, accumulate, scratch);
     return;
   }
 #endif
   (void)scratch;
-  packed_weight_grad_scalar(dy, x, rows, n, k, dw, accumulate);
+  packed_weight_grad_scalar(dy, x, rows, n, k, i_lo, i_hi, c_lo, c_hi, dw, accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

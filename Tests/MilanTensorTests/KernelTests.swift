@@ -275,8 +275,10 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
 
   @Test func packedWeightGradientsMatchNaiveAndBLAS() {
     // dW = dYᵀ·X on the packed kernel (AVX-512) or its portable loop, against float64 and against BLAS: odd widths
-    // (8-row tiles and 32-column panels with tails), several 256-row chunks with a short last one, the rows split
-    // into two parts whose partial products are added, written and accumulated.
+    // (8-row tiles and 32-column panels with tails), several chunks of the reduction (777 and 1030 rows: 2 and 3),
+    // small weights with the rows split into two parts whose partial products are added, large ones (n, k ≥ 256)
+    // with the outputs split (n ≥ k) or the columns (n < k), written and accumulated; then the kernel on blocks of
+    // outputs × columns directly.
     simdLevelLock.lock()
     defer { simdLevelLock.unlock() }
     let saved = (Kernels.packsTrainingProducts, Kernels.packsWeightGrads, milan_simd_level())
@@ -287,7 +289,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     }
     var worst = 0.0
     let hw = Int(milan_set_simd_level(1))
-    for (i, (rows, inF, outF)) in [(777, 40, 13), (256, 32, 8), (300, 100, 96), (1030, 128, 384)].enumerated() {
+    for (i, (rows, inF, outF)) in [(777, 40, 13), (256, 32, 8), (300, 100, 96), (1030, 128, 384), (600, 300, 273),
+                                   (521, 257, 520)].enumerated() {
       let x = randn([rows, inF], 2000 + UInt64(i)), dy = randn([rows, outF], 2100 + UInt64(i))
       let dw0 = randn([outF, inF], 2200 + UInt64(i))
       var ref = [Double](repeating: 0, count: outF * inF)
@@ -320,14 +323,22 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
           #expect(compare(a, b.map(Double.init), atol: 1e-4, rtol: 1e-5, "packed vs BLAS dW \(rows)x\(outF)x\(inF)").ok)
         }
       }
-      // The portable loop of the same kernel (what a CPU without AVX-512 would run), called directly.
-      milan_set_simd_level(0)
-      let dw = Tensor(uninitialized: [outF, inF])
-      let scratch = Tensor(uninitialized: [milan_packed_weight_grad_scratch(inF)])
-      milan_packed_weight_grad(dy.data, x.data, rows, outF, inF, dw.data, 0, scratch.data)
-      let r = compare(dw.toArray(), ref, atol: 1e-4, rtol: 1e-5, "portable packed dW \(rows)x\(outF)x\(inF)")
-      #expect(r.ok)
-      worst = max(worst, r.maxAbs)
+      // The kernel called directly on four blocks of outputs × columns (odd boundaries: a part tile of 8 outputs,
+      // a column block not starting at 0), at every level (0: the portable loop a CPU without AVX-512 runs).
+      for level in 0...hw {
+        milan_set_simd_level(Int32(level))
+        let dw = Tensor(shape: [outF, inF], repeating: .nan)
+        let iMid = outF / 2 + 3, cMid = min(inF - 1, 32 * ((inF / 2 + 31) / 32))
+        for (iLo, iHi, cLo, cHi) in [(0, iMid, 0, cMid), (iMid, outF, 0, cMid), (0, iMid, cMid, inF),
+                                     (iMid, outF, cMid, inF)] {
+          let scratch = Tensor(uninitialized: [milan_packed_weight_grad_scratch(rows, cHi - cLo)])
+          milan_packed_weight_grad(dy.data, x.data, rows, outF, inF, iLo, iHi, cLo, cHi, dw.data, 0, scratch.data)
+        }
+        let r = compare(dw.toArray(), ref, atol: 1e-4, rtol: 1e-5,
+                        "packed dW by blocks \(rows)x\(outF)x\(inF) SIMD \(level)")
+        #expect(r.ok)
+        worst = max(worst, r.maxAbs)
+      }
     }
     print("packed weight gradients: max |Δ| vs float64 \(worst)")
   }

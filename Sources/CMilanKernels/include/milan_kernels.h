@@ -63,9 +63,10 @@ void milan_log_softmax_bwd(const float *y, const float *dy, float *dx, long rows
 long milan_packed_weight_count(long n, long k);
 void milan_pack_weight(const float *w, long n, long k, float *packed);
 // Panels [p_lo, p_hi) only (callers split the packing across threads), of W [n, k] as above, or of B [k, n]
-// row-major (the orientation of a backward product dX = dY·W: panel p holds, for every k, B[k, 32p ..< 32p + 32]).
+// row-major with rows ldb floats apart (the orientation of a backward product dX = dY·W: panel p holds, for every
+// k, B[k, 32p ..< 32p + 32]).
 void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed);
-void milan_pack_rows_panels(const float *b, long k, long n, long p_lo, long p_hi, float *packed);
+void milan_pack_rows_panels(const float *b, long ldb, long k, long n, long p_lo, long p_hi, float *packed);
 // Whether this CPU runs the packed product with AVX-512 (else a portable loop over the same layout).
 int milan_packed_linear_avx512(void);
 // y[r, :] = x[r, :] · Wᵀ + bias for rows r in [0, rows) (x rows ldx floats apart, y rows ldy apart; bias may be NULL;
@@ -75,13 +76,14 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
                          float *y, long ldy, int accumulate);
 
 // A linear layer's weight gradient dW[n, k] = dY[rows, n]ᵀ · X[rows, k] (dW += … with `accumulate`; all three
-// row-major and contiguous), one thread (callers split the rows and add the partial results). X is packed in chunks
-// of 256 rows into `scratch` (milan_packed_weight_grad_scratch(k) floats) and dY is read in place: at each step of
-// the reduction the 8 outputs of a tile take their factors from one row of dY. AVX-512 where the CPU has it, else a
-// portable loop.
-long milan_packed_weight_grad_scratch(long k);
-void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, float *dw, int accumulate,
-                              float *scratch);
+// row-major and contiguous), restricted to the block of outputs [i_lo, i_hi) × columns [c_lo, c_hi) (callers split
+// the outputs or the columns across threads, or the rows, adding the partial results); one thread. The reduction
+// runs in equal chunks of at most 512 rows: X's chunk packed into 32-column panels and dY's into 8-wide micro-panels
+// (milan_packed_weight_grad_scratch(rows, c_hi - c_lo) floats of `scratch`), then the 8 × 32 register tile over
+// every panel. AVX-512 where the CPU has it, else a portable loop.
+long milan_packed_weight_grad_scratch(long rows, long cols);
+void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
+                              long c_lo, long c_hi, float *dw, int accumulate, float *scratch);
 
 // One AdamW update (PyTorch's torch.optim.AdamW, single-tensor) over n elements:
 //   w *= decay (= 1 - lr * weight_decay); m += (1 - b1) * (g - m); v = b2 * v + (1 - b2) * g * g;

@@ -78,27 +78,48 @@ extension Kernels {
   nonisolated(unsafe) public static var packsWeightGrads: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_WEIGHT_GRAD"] != "0"
 
-  /// Whether `packedWeightGrad` is the faster way to compute dW[n, k] += dY[rows, n]ᵀ·X[rows, k]: small weights (at
-  /// most 64 Ki entries, e.g. 512 × 128: the CPU default's encoder and decoder) over at least 256 rows, on AVX-512
-  /// CPUs. OpenBLAS packs both operands of these; the packed kernel reads dY in place (2–18 % faster in a one-thread
-  /// harness on the CPU-default shapes; on par at 512 × 512, so larger weights stay on OpenBLAS; docs/benchmarks.md).
+  /// Whether `packedWeightGrad` is the faster way to compute dW[n, k] += dY[rows, n]ᵀ·X[rows, k], on AVX-512 CPUs:
+  /// - small weights (at most 64 Ki entries, e.g. 512 × 128: the CPU default's encoder and decoder) over at least 256
+  ///   rows, where OpenBLAS packs both operands (2–18 % faster in a one-thread harness on the CPU-default shapes);
+  /// - large ones (n, k ≥ 256 over at least 256 rows: the paper's ViT-B/16 and decoder layers), where the packed
+  ///   kernel runs at 104–109 GFLOP/s a core against OpenBLAS's 100–103 and writes a first gradient directly, where
+  ///   OpenBLAS clears it in a pass of its own (`sgemm_beta`) before accumulating (docs/benchmarks.md).
   public static func prefersPackedWeightGrad(rows: Int, n: Int, k: Int) -> Bool {
-    packsTrainingProducts && packsWeightGrads && rows >= 256 && n >= 8 && k >= 32 && n * k <= 1 << 16
-      && milan_packed_linear_avx512() != 0
+    guard packsTrainingProducts && packsWeightGrads && rows >= 256 && milan_packed_linear_avx512() != 0 else {
+      return false
+    }
+    return (n >= 8 && k >= 32 && n * k <= 1 << 16) || (packsLargeProducts && n >= 256 && k >= 256)
   }
 
-  /// dW[n, k] (+)= dY[rows, n]ᵀ·X[rows, k] (all contiguous) on the packed kernel. The rows — the reduction — are split
-  /// across the cores in parts of at least 256 (`Parallel.forEachPartialSum`, the split BLAS uses for these products
-  /// too), each part packing its own chunks of X.
+  /// dW[n, k] (+)= dY[rows, n]ᵀ·X[rows, k] (all contiguous) on the packed kernel. Small weights split the rows — the
+  /// reduction — across the cores in parts of at least 256 (`Parallel.forEachPartialSum`, the split BLAS uses for
+  /// these products too); large ones split the longer side of dW (outputs in steps of 16, or columns in steps of 32),
+  /// each part packing the whole of the other operand's chunk itself, so there is no partial sum to add and the
+  /// result does not depend on the number of threads.
   static func packedWeightGrad(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, rows: Int, n: Int, k: Int,
                                dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
     if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
-    let perScratch = milan_packed_weight_grad_scratch(k)
-    let scratch = Tensor(uninitialized: [Parallel.parts(rows, minChunk: 256) * perScratch])
-    nonisolated(unsafe) let dy = dy, x = x, sp = scratch.data
-    Parallel.forEachPartialSum(rows, minChunk: 256, rows: n, cols: k, into: dw, ld: k) { part, r, dst, _ in
-      milan_packed_weight_grad(dy + r.lowerBound * n, x + r.lowerBound * k, r.count, n, k, dst,
-                               part == 0 && accumulate ? 1 : 0, sp + part * perScratch)
+    nonisolated(unsafe) let dy = dy, x = x, dw = dw
+    let acc: Int32 = accumulate ? 1 : 0
+    if n * k <= 1 << 16 {
+      let perScratch = milan_packed_weight_grad_scratch(min(rows, 512), k)
+      let scratch = Tensor(uninitialized: [Parallel.parts(rows, minChunk: 256) * perScratch])
+      nonisolated(unsafe) let sp = scratch.data
+      Parallel.forEachPartialSum(rows, minChunk: 256, rows: n, cols: k, into: dw, ld: k) { part, r, dst, _ in
+        milan_packed_weight_grad(dy + r.lowerBound * n, x + r.lowerBound * k, r.count, n, k, 0, n, 0, k, dst,
+                                 part == 0 ? acc : 0, sp + part * perScratch)
+      }
+      return
+    }
+    let splitOutputs = n >= k, step = splitOutputs ? 16 : 32, units = ((splitOutputs ? n : k) + step - 1) / step
+    let parts = Parallel.parts(units)
+    let perScratch = milan_packed_weight_grad_scratch(rows, splitOutputs ? k : (units + parts - 1) / parts * step)
+    let scratch = Tensor(uninitialized: [parts * perScratch])
+    nonisolated(unsafe) let sp = scratch.data
+    Parallel.forEachChunkIndexed(units) { part, r in  // `parts` parts, as `Parallel.parts(units)` counted
+      let lo = r.lowerBound * step, hi = min(r.upperBound * step, splitOutputs ? n : k)
+      let (iLo, iHi, cLo, cHi) = splitOutputs ? (lo, hi, 0, k) : (0, n, lo, hi)
+      milan_packed_weight_grad(dy, x, rows, n, k, iLo, iHi, cLo, cHi, dw, acc, sp + part * perScratch)
     }
   }
 
@@ -145,7 +166,7 @@ extension Kernels {
       if transposedB {
         milan_pack_weight_panels(b, n, k, r.lowerBound, r.upperBound, p)
       } else {
-        milan_pack_rows_panels(b, k, n, r.lowerBound, r.upperBound, p)
+        milan_pack_rows_panels(b, n, k, n, r.lowerBound, r.upperBound, p)
       }
     }
     packedRows(x: x, rows: rows, k: k, panels: p, n: n, bias: bias, y: y, accumulate: accumulate)
