@@ -925,11 +925,12 @@ static void packed_weight_grad_scalar(const float *dy, const float *x, long rows
     }
 }
 
-// The reduction of a weight gradient runs in chunks of at most WG_CHUNK rows, all of equal length (e.g. 1176 rows: 3
-// chunks of 392), so the packed X of one chunk stays near L2 and the 8 × kc micro-panels of dY in L1.
-#define WG_CHUNK 512
-static long wg_chunk(long rows) {
-  long chunks = (rows + WG_CHUNK - 1) / WG_CHUNK;
+// The reduction of a weight gradient runs in chunks of equal length (e.g. 1176 rows: 3 chunks of 392): at most 512
+// rows for a block of at least 256 columns (dY copied into micro-panels, below), else at most 256 (X's chunk panel
+// then fits L1: 32 KiB).
+static int wg_micro_panels(long cols) { return cols >= 256; }
+static long wg_chunk(long rows, long cols) {
+  long most = wg_micro_panels(cols) ? 512 : 256, chunks = (rows + most - 1) / most;
   return chunks > 0 ? (rows + chunks - 1) / chunks : 1;
 }
 
@@ -979,17 +980,28 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, con
   }
 }
 
-// Per chunk of the reduction: X's chunk [kc, c_lo ..< c_hi] packed into 32-column panels; then per 16 outputs i,
-// dY's chunk [kc, i ..< i + 16] copied into two 8-wide micro-panels (the tile's 8 factors of a step adjacent, read
-// from L1), and the two tiles of every panel, accumulating across chunks.
+// Per chunk of the reduction: X's chunk [kc, c_lo ..< c_hi] packed into 32-column panels, then every 8-output tile
+// over every panel, accumulating across chunks. A block of many panels (≥ 8) first copies dY's chunk per 16 outputs
+// into two 8-wide micro-panels, so the tile's 8 factors of a step are adjacent in L1 (104–109 GFLOP/s on the paper's
+// layers against 86–98 reading them from a row of dY in place: a new cache line every step); a narrow block reads dY
+// in place, where the copy would be spread over too few panels (5–20 % slower on the CPU default's 96- and 128-wide
+// layers; docs/benchmarks.md).
 AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, long rows, long n, long k, long i_lo,
                                              long i_hi, long c_lo, long c_hi, float *dw, int acc, float *scratch) {
-  long kcmax = wg_chunk(rows), cols = c_hi - c_lo;
+  long cols = c_hi - c_lo, kcmax = wg_chunk(rows, cols);
+  int micro = wg_micro_panels(cols);
   float *xp = scratch, *mp = scratch + kcmax * ((cols + 31) / 32 * 32);
   for (long r0 = 0; r0 < rows; r0 += kcmax) {
     long kc = rows - r0 < kcmax ? rows - r0 : kcmax;
     milan_pack_rows_panels(x + r0 * k + c_lo, k, kc, cols, 0, (cols + 31) / 32, xp);
     int a = acc || r0 > 0;
+    if (!micro) {
+      for (long i0 = i_lo; i0 < i_hi; i0 += 8)
+        for (long p0 = 0; p0 < cols; p0 += 32)
+          packed_tile(kc, dy + r0 * n + i0, 1, n, xp + p0 * kc, dw + i0 * k + c_lo + p0, k, 0,
+                      i_hi - i0 < 8 ? (int)(i_hi - i0) : 8, cols - p0 < 32 ? (int)(cols - p0) : 32, a);
+      continue;
+    }
     for (long i0 = i_lo; i0 < i_hi; i0 += 16) {
       int tiles = i_hi - i0 > 8 ? 2 : 1;
       for (int t = 0; t < tiles; t++) {
@@ -1055,8 +1067,8 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
 }
 
 long milan_packed_weight_grad_scratch(long rows, long cols) {
-  long kc = wg_chunk(rows);
-  return kc * ((cols + 31) / 32 * 32) + 16 * kc;
+  long kc = wg_chunk(rows, cols);
+  return kc * ((cols + 31) / 32 * 32) + (wg_micro_panels(cols) ? 16 * kc : 0);
 }
 
 void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,

@@ -278,7 +278,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     // (8-row tiles and 32-column panels with tails), several chunks of the reduction (777 and 1030 rows: 2 and 3),
     // small weights with the rows split into two parts whose partial products are added, large ones (n, k ≥ 256)
     // with the outputs split (n ≥ k) or the columns (n < k), written and accumulated; then the kernel on blocks of
-    // outputs × columns directly.
+    // outputs × columns directly. Blocks of ≥ 256 columns take the micro-panel path (521 × 257, and 700 × 600 with
+    // its 320- and 280-column blocks), narrower ones read dY in place.
     simdLevelLock.lock()
     defer { simdLevelLock.unlock() }
     let saved = (Kernels.packsTrainingProducts, Kernels.packsWeightGrads, milan_simd_level())
@@ -290,7 +291,7 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     var worst = 0.0
     let hw = Int(milan_set_simd_level(1))
     for (i, (rows, inF, outF)) in [(777, 40, 13), (256, 32, 8), (300, 100, 96), (1030, 128, 384), (600, 300, 273),
-                                   (521, 257, 520)].enumerated() {
+                                   (521, 257, 520), (700, 600, 40)].enumerated() {
       let x = randn([rows, inF], 2000 + UInt64(i)), dy = randn([rows, outF], 2100 + UInt64(i))
       let dw0 = randn([outF, inF], 2200 + UInt64(i))
       var ref = [Double](repeating: 0, count: outF * inF)

@@ -78,9 +78,10 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
 // A linear layer's weight gradient dW[n, k] = dY[rows, n]ᵀ · X[rows, k] (dW += … with `accumulate`; all three
 // row-major and contiguous), restricted to the block of outputs [i_lo, i_hi) × columns [c_lo, c_hi) (callers split
 // the outputs or the columns across threads, or the rows, adding the partial results); one thread. The reduction
-// runs in equal chunks of at most 512 rows: X's chunk packed into 32-column panels and dY's into 8-wide micro-panels
-// (milan_packed_weight_grad_scratch(rows, c_hi - c_lo) floats of `scratch`), then the 8 × 32 register tile over
-// every panel. AVX-512 where the CPU has it, else a portable loop.
+// runs in equal chunks of at most 512 rows (256 for blocks under 256 columns): X's chunk packed into 32-column
+// panels and, for wide blocks, dY's into 8-wide micro-panels (milan_packed_weight_grad_scratch(rows, c_hi - c_lo)
+// floats of `scratch`), then the 8 × 32 register tile over every panel. AVX-512 where the CPU has it, else a
+// portable loop.
 long milan_packed_weight_grad_scratch(long rows, long cols);
 void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
                               long c_lo, long c_hi, float *dw, int accumulate, float *scratch);

@@ -102,7 +102,7 @@ extension Kernels {
     nonisolated(unsafe) let dy = dy, x = x, dw = dw
     let acc: Int32 = accumulate ? 1 : 0
     if n * k <= 1 << 16 {
-      let perScratch = milan_packed_weight_grad_scratch(min(rows, 512), k)
+      let perScratch = milan_packed_weight_grad_scratch(min(rows, 512), k)  // covers a part's chunks (≤ 512 rows)
       let scratch = Tensor(uninitialized: [Parallel.parts(rows, minChunk: 256) * perScratch])
       nonisolated(unsafe) let sp = scratch.data
       Parallel.forEachPartialSum(rows, minChunk: 256, rows: n, cols: k, into: dw, ld: k) { part, r, dst, _ in
@@ -134,8 +134,8 @@ extension Kernels {
       && ((k >= 2 * n && n >= 32 && rows >= 64) || (packsLargeProducts && rows >= 256 && n >= 256 && k >= 256))
   }
 
-  /// Whether large products (rows, n, k ≥ 256) run on the packed kernel whatever their shape (`prefersPackedProduct`);
-  /// `MILAN_PACKED_LARGE=0` keeps them on OpenBLAS (A/B runs).
+  /// Whether large products (rows, n, k ≥ 256) run on the packed kernel whatever their shape (`prefersPackedProduct`,
+  /// and the weight gradients of `prefersPackedWeightGrad`); `MILAN_PACKED_LARGE=0` keeps them on OpenBLAS (A/B runs).
   nonisolated(unsafe) public static var packsLargeProducts: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_LARGE"] != "0"
 
