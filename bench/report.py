@@ -57,27 +57,22 @@ class Side:
 
     def __init__(self, paths, peaks=None):
         self.rows, self.order, self.docs, self.peak = {}, [], {}, {}
-        peak_by_round = {}
+        self.measured = {}  # round -> every peak measured in it (this side's processes and peak files)
         for p in peaks or []:
             d = load(p)
             if d.get("peak"):
-                peak_by_round[round_of(p)] = d["peak"]
-        self.measured = {}  # round -> every peak measured in it (this side's processes)
-        for r, d in peak_by_round.items():
-            self.measured.setdefault(r, []).append(d)
+                self.measured.setdefault(round_of(p), []).append(d["peak"])
         for p in paths:
             r, d = round_of(p), load(p)
             self.docs.setdefault(r, []).append(d)
-            peak = d.get("peak") or peak_by_round.get(r)
             if d.get("peak"):
                 self.measured.setdefault(r, []).append(d["peak"])
-            self.peak.setdefault(r, peak)
             for row in d.get("results", []):
                 key = (row["op"], row["config"])
                 if key not in self.rows:
                     self.rows[key] = {}
                     self.order.append(key)
-                self.rows[key][r] = dict(row, _peak=peak)
+                self.rows[key][r] = dict(row, _peak=None)  # the round's peak, set by use_round_peaks
 
     def use_round_peaks(self, peaks):
         """Every row of round r is measured against peaks[r] (the round's highest measurement)."""

@@ -1066,8 +1066,10 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
   packed_linear_scalar(x, ldx, rows, k, packed, n, bias, y, ldy, accumulate);
 }
 
+// Sized for the longest chunk any call with at most `rows` rows can use (wg_chunk is not monotonic in rows: 256 rows
+// make one chunk of 256, 257 two of 129), so one size serves every part of a split.
 long milan_packed_weight_grad_scratch(long rows, long cols) {
-  long kc = wg_chunk(rows, cols);
+  long most = wg_micro_panels(cols) ? 512 : 256, kc = rows < most ? rows : most;
   return kc * ((cols + 31) / 32 * 32) + (wg_micro_panels(cols) ? 16 * kc : 0);
 }
 

@@ -1,9 +1,9 @@
 // Row and elementwise SIMD kernels for MILAN in Swift.
 //
 // Every function has an AVX2+FMA body (compiled with a per-function target attribute, so no global -mavx2 flag is
-// needed) and a portable scalar body, some (the softmax forward) an AVX-512 body too; the body is picked once from
-// CPUID (`milan_simd_level`). Tests force each lower level with `milan_set_simd_level` and compare every body against
-// naive Swift references.
+// needed) and a portable scalar body, some (the softmax forward, the GELUs) an AVX-512 body too; the body is picked
+// once from CPUID (`milan_simd_level`). Tests force each lower level with `milan_set_simd_level` and compare every
+// body against naive Swift references.
 //
 // Conventions: all arrays are contiguous float32, row-major. Backward functions ACCUMULATE into their gradient
 // outputs (dx += ...) unless an `accumulate` flag says otherwise. Row ranges let the caller split work across threads.
@@ -80,8 +80,8 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
 // the outputs or the columns across threads, or the rows, adding the partial results); one thread. The reduction
 // runs in equal chunks of at most 512 rows (256 for blocks under 256 columns): X's chunk packed into 32-column
 // panels and, for wide blocks, dY's into 8-wide micro-panels (milan_packed_weight_grad_scratch(rows, c_hi - c_lo)
-// floats of `scratch`), then the 8 × 32 register tile over every panel. AVX-512 where the CPU has it, else a
-// portable loop.
+// floats of `scratch`, enough for any call with at most `rows` rows), then the 8 × 32 register tile over every
+// panel. AVX-512 where the CPU has it, else a portable loop.
 long milan_packed_weight_grad_scratch(long rows, long cols);
 void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
                               long c_lo, long c_hi, float *dw, int accumulate, float *scratch);

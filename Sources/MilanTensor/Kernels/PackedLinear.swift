@@ -102,7 +102,7 @@ extension Kernels {
     nonisolated(unsafe) let dy = dy, x = x, dw = dw
     let acc: Int32 = accumulate ? 1 : 0
     if n * k <= 1 << 16 {
-      let perScratch = milan_packed_weight_grad_scratch(min(rows, 512), k)  // covers a part's chunks (≤ 512 rows)
+      let perScratch = milan_packed_weight_grad_scratch(rows, k)  // enough for every part's (shorter) rows
       let scratch = Tensor(uninitialized: [Parallel.parts(rows, minChunk: 256) * perScratch])
       nonisolated(unsafe) let sp = scratch.data
       Parallel.forEachPartialSum(rows, minChunk: 256, rows: n, cols: k, into: dw, ld: k) { part, r, dst, _ in
