@@ -37,7 +37,7 @@ public enum FLOPs {
   public struct Step: Codable, Sendable, Equatable {
     /// The teacher's forward (0 when its outputs are cached).
     public var teacher: Double
-    /// Student encoder forward: patch embedding of every patch, blocks over the class token and the visible patches.
+    /// Student encoder forward: patch embedding of the visible patches, blocks over the class token and them.
     public var encoderForward: Double
     /// Decoder (or KD head) forward.
     public var decoderForward: Double
@@ -55,7 +55,8 @@ public enum FLOPs {
     let e = c.encoder
     let p = e.numPatches
     let k = Masking.lenKeep(patches: p, maskRatio: maskRatio)
-    let embed = patchEmbed(patches: p, patchSize: e.patchSize, channels: e.inChannels, width: e.embedDim)
+    // Only the K visible patches are embedded (`PatchEmbed(_:keep:)`); the reference embeds all P and then gathers.
+    let embed = patchEmbed(patches: k, patchSize: e.patchSize, channels: e.inChannels, width: e.embedDim)
     let enc = embed + Double(e.depth) * block(tokens: 1 + k, width: e.embedDim, mlpHidden: e.mlpHidden)
     let d = c.decoderDim, h = Int(Double(d) * c.decoderMlpRatio)
     let out = c.predictionDim  // the pixel size or the teacher's feature width (MILANConfig.resolved)

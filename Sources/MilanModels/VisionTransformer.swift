@@ -174,8 +174,10 @@ public final class PatchEmbed: Module {
     proj = ConvWeights(out: embedDim, in: inChannels, kernel: patchSize, bias: bias)
   }
   public var children: [(String, any Module)] { [("proj", proj)] }
-  // img: [B, C, H, W] → [B, N, D]
-  public func callAsFunction(_ img: Variable) -> Variable { patchEmbed(img, weight: proj.weight, bias: proj.bias) }
+  // img: [B, C, H, W] → [B, N, D]; with `keep` ([B, K] patch indices) only those patches → [B, K, D]
+  public func callAsFunction(_ img: Variable, keep: IndexTensor? = nil) -> Variable {
+    patchEmbed(img, weight: proj.weight, bias: proj.bias, keep: keep)
+  }
 }
 
 /// Conv2d parameters: weight [out, in, k, k], bias [out].
@@ -366,8 +368,9 @@ public final class VisionTransformer: Module {
     let pos = positionTable(gridH: img.shape[2] / p, gridW: img.shape[3] / p)
     var x: Variable
     if let keep {
-      x = patchEmbed(img) + sliceTokens(pos, 1..<pos.shape[1])
-      x = gatherTokens(x, ids: keep)
+      // Only the kept patches are embedded: the same rows as embedding all and gathering (the reference adds the
+      // position before its gather; the sum is the same), at K/N of the patch embedding's work.
+      x = patchEmbed(img, keep: keep) + gatherTokens(sliceTokens(pos, 1..<pos.shape[1]), ids: keep)
       x = concatTokens([clsToken + sliceTokens(pos, 0..<1), x])
     } else {
       x = concatTokens([clsToken, patchEmbed(img)]) + pos

@@ -143,6 +143,22 @@ private func assembleReference(_ x: [[Double]], restore: [Int], clsBatch: Int) -
     expectAll(GradCheck.run("patchEmbed", inputs: [randn([2, 2, 4, 6], 24), randn([3, 2, 2, 2], 25), randn([3], 26)],
                             op: { patchEmbed($0[0], weight: $0[1], bias: $0[2]) },
                             reference: { Naive.patchEmbed($0[0], $0[1], $0[2], geometry: g, embedDim: 3) }))
+    // Only the kept patches (MILAN's visible ones, in shuffled order): the gathered rows of the full embedding, and
+    // the image gradient reaches only those patches' pixels.
+    let keep = IndexTensor(shape: [2, 3], values: [5, 0, 3, 2, 4, 1])
+    expectAll(GradCheck.run("patchEmbed (kept patches)",
+                            inputs: [randn([2, 2, 4, 6], 35), randn([3, 2, 2, 2], 36), randn([3], 37)],
+                            op: { patchEmbed($0[0], weight: $0[1], bias: $0[2], keep: keep) },
+                            reference: {
+                              Naive.gatherTokens(Naive.patchEmbed($0[0], $0[1], $0[2], geometry: g, embedDim: 3),
+                                                 ids: keep.values, batch: 2, tokens: 6, picked: 3, dim: 3)
+                            }))
+    // A position table [1, L, D] picked from by every image: its gradient sums over the images (here both pick
+    // token 4, and image 1 picks token 0 twice).
+    let shared = IndexTensor(shape: [2, 3], values: [4, 1, 5, 0, 4, 0])
+    expectAll(GradCheck.run("gatherTokens (shared source)", inputs: [randn([1, 6, 3], 38)],
+                            op: { gatherTokens($0[0], ids: shared) },
+                            reference: { x in shared.values.flatMap { t in Array(x[0][(t * 3)..<(t * 3 + 3)]) } }))
   }
 
   @Test func lossesAndReductions() {

@@ -90,13 +90,18 @@ import Testing
   }
 
   @Test func thePaperConfigurationIsTheIssuesHandCount() {
-    // ViT-B/16 student, CLIP ViT-B/16 teacher, 224 px, batch 8, mask 0.75, prompting decoder 512×8: ~694 GFLOP,
+    // ViT-B/16 student, CLIP ViT-B/16 teacher, 224 px, batch 8, mask 0.75, prompting decoder 512×8: 694.4 GFLOP,
     // teacher ~282, encoder forward + backward ~209, decoder forward + backward ~203 (counted by hand in issue 13).
     let enc = ViTConfig(imageSize: 224, patchSize: 16, embedDim: 768, depth: 12, numHeads: 12)
     let s = FLOPs.milanStep(MILANConfig(encoder: enc, predictionDim: 512), maskRatio: 0.75, batch: 8,
                             teacher: CLIPVisionTeacher(.vitB16).architecture, teacherImageSize: 224)
     print(String(format: "paper step: teacher %.1f, encoder %.1f + decoder %.1f forward, backward %.1f, total %.1f GFLOP",
                  s.teacher / 1e9, s.encoderForward / 1e9, s.decoderForward / 1e9, s.backward / 1e9, s.total / 1e9))
-    #expect(abs(s.total / 1e9 - 694) < 5 && abs(s.teacher / 1e9 - 282) < 2)
+    // The hand count embeds all 196 patches; the library embeds only the 49 visible ones (`PatchEmbed(_:keep:)`),
+    // 2 · 8 · 147 · 768 · 768 FLOP less in the forward and as much less in the weight gradient.
+    let skipped = 2 * 8 * 147 * 768.0 * 768.0
+    #expect(abs((s.total + 2 * skipped) / 1e9 - 694.4) < 0.05 && abs(s.teacher / 1e9 - 282.2) < 0.05)
+    #expect(abs(s.encoderForward - 8 * (12 * FLOPs.block(tokens: 50, width: 768, mlpHidden: 3072)
+                                        + 2 * 49 * 768.0 * 768.0)) < 1)
   }
 }

@@ -2,16 +2,26 @@
 // and the patch embedding.
 import MilanTensor
 
-/// y[b, k] = x[b, ids[b, k]]; x: [B, L, D], ids: [B, K] → [B, K, D].
+/// y[b, k] = x[b, ids[b, k]]; x: [B, L, D], ids: [B, K] → [B, K, D]. An x of batch 1 ([1, L, D], a position table)
+/// is shared by every batch element; its gradient is summed over the batch.
 public func gatherTokens(_ x: Variable, ids: IndexTensor) -> Variable {
-  precondition(x.shape.count == 3 && ids.shape.count == 2 && ids.shape[0] == x.shape[0],
+  precondition(x.shape.count == 3 && ids.shape.count == 2 && (ids.shape[0] == x.shape[0] || x.shape[0] == 1),
                "gatherTokens: x \(x.shape), ids \(ids.shape)")
-  let b = x.shape[0], l = x.shape[1], d = x.shape[2], k = ids.shape[1]
+  let b = ids.shape[0], l = x.shape[1], d = x.shape[2], k = ids.shape[1]
+  let shared = x.shape[0] == 1 && b > 1
   let y = Tensor(uninitialized: [b, k, d])
-  Kernels.gatherTokens(x: x.value.data, ids: ids.values, y: y.data, batch: b, tokens: l, picked: k, dim: d)
+  Kernels.gatherTokens(x: x.value.data, ids: ids.values, y: y.data, batch: b, tokens: l, picked: k, dim: d,
+                       sharedSource: shared)
   return Autograd.result(y, [x]) { g in
-    Kernels.scatterAddTokens(src: g.data, ids: ids.values, out: x.gradBuffer().data, batch: b, tokens: l, picked: k,
-                             dim: d)
+    if shared {  // one image at a time: the batch elements' ids collide in the shared source
+      for i in 0..<b {
+        Kernels.scatterAddTokens(src: g.data + i * k * d, ids: Array(ids.values[(i * k)..<((i + 1) * k)]),
+                                 out: x.gradBuffer().data, batch: 1, tokens: l, picked: k, dim: d)
+      }
+    } else {
+      Kernels.scatterAddTokens(src: g.data, ids: ids.values, out: x.gradBuffer().data, batch: b, tokens: l, picked: k,
+                               dim: d)
+    }
   }
 }
 
@@ -81,23 +91,28 @@ public func sliceTokens(_ x: Variable, _ range: Range<Int>) -> Variable {
 }
 
 /// Conv2d with stride = kernel = patch, flattened: img [B, C, H, W], weight [E, C, P, P], bias [E] → [B, N, E].
-public func patchEmbed(_ img: Variable, weight: Variable, bias: Variable?) -> Variable {
+/// With `keep` ([B, K] patch indices) only those patches are embedded: → [B, K, E], the same rows as
+/// `gatherTokens(patchEmbed(img, …), ids: keep)` without the work of the other patches.
+public func patchEmbed(_ img: Variable, weight: Variable, bias: Variable?, keep: IndexTensor? = nil) -> Variable {
   precondition(img.shape.count == 4 && weight.shape.count == 4 && weight.shape[1] == img.shape[1]
                && weight.shape[2] == weight.shape[3], "patchEmbed: img \(img.shape), weight \(weight.shape)")
   let e = weight.shape[0]
   let g = PatchGeometry(batch: img.shape[0], channels: img.shape[1], height: img.shape[2], width: img.shape[3],
                         patch: weight.shape[2])
-  let cols = Tensor(uninitialized: [g.batch * g.patchesPerImage, g.patchDim])
-  let y = Tensor(uninitialized: [g.batch, g.patchesPerImage, e])
+  precondition(keep.map { $0.shape.count == 2 && $0.shape[0] == g.batch } ?? true,
+               "patchEmbed: keep \(keep?.shape ?? []) for \(g.batch) images")
+  let ids = keep?.values, perImage = keep?.shape[1] ?? g.patchesPerImage
+  let cols = Tensor(uninitialized: [g.batch * perImage, g.patchDim])
+  let y = Tensor(uninitialized: [g.batch, perImage, e])
   Kernels.patchEmbedForward(img: img.value.data, weight: weight.value.data, bias: bias?.value.data, cols: cols.data,
-                            y: y.data, geometry: g, embedDim: e)
+                            y: y.data, geometry: g, embedDim: e, ids: ids)
   let inputs = bias.map { [img, weight, $0] } ?? [img, weight]
   return Autograd.result(y, inputs) { gy in
     Kernels.patchEmbedBackward(dy: gy.data, cols: cols.data, weight: weight.value.data,
                                dImg: img.requiresGrad ? img.gradBuffer().data : nil,
                                dWeight: weight.requiresGrad ? weight.gradBuffer().data : nil,
                                dBias: (bias?.requiresGrad ?? false) ? bias!.gradBuffer().data : nil,
-                               geometry: g, embedDim: e)
+                               geometry: g, embedDim: e, ids: ids)
   }
 }
 

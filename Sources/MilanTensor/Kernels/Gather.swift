@@ -3,8 +3,9 @@
 import RealModule
 
 extension Kernels {
+  /// With `sharedSource` x is one sequence [1, L, D] that every batch element picks from.
   public static func gatherTokens(x: UnsafePointer<Float>, ids: [Int], y: UnsafeMutablePointer<Float>,
-                                  batch: Int, tokens: Int, picked: Int, dim: Int) {
+                                  batch: Int, tokens: Int, picked: Int, dim: Int, sharedSource: Bool = false) {
     precondition(ids.count == batch * picked, "gatherTokens: ids has \(ids.count) entries, expected \(batch * picked)")
     nonisolated(unsafe) let x = x, y = y
     ids.withUnsafeBufferPointer { idp in
@@ -14,7 +15,7 @@ extension Kernels {
           for k in 0..<picked {
             let t = idp[b * picked + k]
             precondition(t >= 0 && t < tokens, "gatherTokens: index \(t) out of range 0..<\(tokens)")
-            (y + (b * picked + k) * dim).update(from: x + (b * tokens + t) * dim, count: dim)
+            (y + (b * picked + k) * dim).update(from: x + ((sharedSource ? 0 : b * tokens) + t) * dim, count: dim)
           }
         }
       }
