@@ -254,11 +254,10 @@ public final class MILANModel: Module {
   /// [B, L, P] (patches only, the class token dropped) with the pixel target — for both decoders, as the reference's
   /// forward_decoder returns `x if use_clip else x[:, 1:]`.
   public func forwardDecoder(_ latent: Variable, masking m: MaskingResult, rng: inout SplitMix64) -> Variable {
-    let b = latent.shape[0], k = m.lenKeep
+    let k = m.lenKeep
     let l = config.encoder.numPatches
     let z = decoderEmbed(latent)                                          // [B, 1 + K, d]
-    let dpos = expandBatch(decoderPosEmbed, to: b)                        // [B, 1 + L, d] (fixed)
-    let dposPatches = sliceTokens(dpos, 1..<(1 + l))
+    let dposPatches = sliceTokens(decoderPosEmbed, 1..<(1 + l))           // [1, L, d] (fixed), shared by the batch
     let zCls = sliceTokens(z, 0..<1) + sliceTokens(decoderPosEmbed, 0..<1)
     let zVisible = sliceTokens(z, 1..<(1 + k)) + gatherTokens(dposPatches, ids: m.idsKeep)
     let masked = gatherTokens(dposPatches, ids: m.idsDump) + maskToken    // [B, M, d]

@@ -123,14 +123,17 @@ extension Kernels {
                                             shape s: AttentionShape) {
     let block = s.queries * s.keys
     let inv = 1 / Float(s.heads)
-    for b in 0..<s.batch {
-      let o = out + b * block
-      o.update(repeating: 0, count: block)
-      for h in 0..<s.heads {
-        let p = probs + (b * s.heads + h) * block
-        for i in 0..<block { o[i] += p[i] }
+    nonisolated(unsafe) let probs = probs, out = out
+    Parallel.forEachChunk(s.batch, minChunk: max(1, (1 << 16) / max(1, block * s.heads))) { r in
+      for b in r {
+        let o = out + b * block
+        o.update(repeating: 0, count: block)
+        for h in 0..<s.heads {
+          let p = probs + (b * s.heads + h) * block
+          for i in 0..<block { o[i] += p[i] }
+        }
+        for i in 0..<block { o[i] *= inv }
       }
-      for i in 0..<block { o[i] *= inv }
     }
   }
 }
