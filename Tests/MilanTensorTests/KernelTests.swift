@@ -440,6 +440,14 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       let c = BufferPool.sizeClassForTesting(m)
       #expect(c >= m && c <= max(16, m + m / 8 + 16), "size class \(c) for \(m)")
     }
+    // Buffers of 4 MiB and more start on a 2 MiB boundary (huge pages; a reused one was allocated so too), smaller
+    // ones on 64 bytes.
+    if BufferPool.usesHugePages {
+      let big = Tensor(uninitialized: [1_234_567 * 4 + 3])
+      #expect(Int(bitPattern: big.storage.pointer) % (2 << 20) == 0, "a 19 MB buffer is not 2 MiB-aligned")
+    }
+    let small = Tensor(uninitialized: [12_345])
+    #expect(Int(bitPattern: small.storage.pointer) % 64 == 0)
   }
 
   @Test func tensorViewsAndPermutes() {
