@@ -107,6 +107,22 @@ private func assembleReference(_ x: [[Double]], restore: [Int], clsBatch: Int) -
                               let v = columns(x[1], rows: b * lk, width: 2 * w, from: w, count: w)
                               return Naive.attention(x[0], k, v, batch: b, heads: h, headDim: dh, queries: lq, keys: lk).out
                             }))
+    // One variable as q, k and v (the backward accumulates its three parts), and one kv shared by two attentions
+    // (the first backward writes a fresh gradient, the second accumulates onto it).
+    expectAll(GradCheck.run("attention (x, x, x)", inputs: [randn([b, lk, w], 39)],
+                            op: { attention($0[0], $0[0], $0[0], heads: h) },
+                            reference: { Naive.attention($0[0], $0[0], $0[0], batch: b, heads: h, headDim: dh,
+                                                         queries: lk, keys: lk).out }))
+    expectAll(GradCheck.run("crossAttention, kv shared", inputs: [randn([b, lq, w], 40), randn([b, lq, w], 41),
+                                                                 randn([b, lk, 2 * w], 42)],
+                            op: { crossAttention(q: $0[0], kv: $0[2], heads: h) + crossAttention(q: $0[1], kv: $0[2], heads: h).affine(2) },
+                            reference: { x in
+                              let k = columns(x[2], rows: b * lk, width: 2 * w, from: 0, count: w)
+                              let v = columns(x[2], rows: b * lk, width: 2 * w, from: w, count: w)
+                              let o1 = Naive.attention(x[0], k, v, batch: b, heads: h, headDim: dh, queries: lq, keys: lk).out
+                              let o2 = Naive.attention(x[1], k, v, batch: b, heads: h, headDim: dh, queries: lq, keys: lk).out
+                              return zip(o1, o2).map { $0 + 2 * $1 }
+                            }))
   }
 
   @Test func tokenOps() {

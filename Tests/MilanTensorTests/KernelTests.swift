@@ -494,5 +494,22 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       Kernels.linearBackward(dy: dy.data, x: x.data, weight: w.data, dx: $0, dWeight: nil, dBias: nil, rows: rows,
                              inFeatures: n, outFeatures: n, overwriteDx: !$1)
     }
+    // Attention backward into a fused qkv gradient [B, L, 3·H·Dh] (2 images, 3 heads of 5, 7 tokens): every head
+    // block of dq, dk and dv written once.
+    let (b, h, dh, l) = (2, 3, 5, 7), wd = h * dh
+    let shape = AttentionShape(batch: b, heads: h, headDim: dh, queries: l, keys: l)
+    let qkv = Tensor.randn([b, l, 3 * wd], rng: &rng), gOut = Tensor.randn([b, l, wd], rng: &rng)
+    let o = Tensor(uninitialized: [b, l, wd]), probs = Tensor(uninitialized: [shape.probsCount])
+    func op(_ p: UnsafeMutablePointer<Float>, _ column: Int) -> AttentionOperand { AttentionOperand(p + column, ld: 3 * wd) }
+    Kernels.attentionForward(q: op(qkv.data, 0), k: op(qkv.data, wd), v: op(qkv.data, 2 * wd),
+                             o: AttentionOperand(o.data, ld: wd), probs: probs.data, shape: shape)
+    let a = Tensor(zeros: [b, l, 3 * wd]), c = Tensor(shape: [b, l, 3 * wd], repeating: .nan)
+    for (buffer, overwrite) in [(a, false), (c, true)] {
+      Kernels.attentionBackward(dOut: AttentionOperand(gOut.data, ld: wd), q: op(qkv.data, 0), k: op(qkv.data, wd),
+                                v: op(qkv.data, 2 * wd), probs: probs.data, dq: op(buffer.data, 0),
+                                dk: op(buffer.data, wd), dv: op(buffer.data, 2 * wd), shape: shape,
+                                overwrite: (overwrite, overwrite, overwrite))
+    }
+    #expect(compare(c.toArray(), a.toArray(), atol: 0, rtol: 0, "overwrite vs accumulate: attention").ok)
   }
 }

@@ -9,9 +9,35 @@ struct AttentionInput {
   let column: Int
   var ld: Int { variable.value.lastDim }
   func operand() -> AttentionOperand { AttentionOperand(variable.value.data + column, ld: ld) }
-  func gradOperand() -> AttentionOperand? {
-    variable.requiresGrad ? AttentionOperand(variable.gradBuffer().data + column, ld: ld) : nil
+}
+
+/// The gradient operands of one attention backward. A variable whose columns the operands cover exactly (q | k | v
+/// of a fused qkv, k | v of a fused kv, or a variable used once at its full width) and that has no gradient yet
+/// gets an uninitialised buffer that the backward overwrites (each head block is written by one product); otherwise
+/// the backward accumulates into its (zero-filled if new) gradient.
+func attentionGradOperands(_ q: AttentionInput, _ k: AttentionInput, _ v: AttentionInput, width: Int)
+  -> (dq: AttentionOperand?, dk: AttentionOperand?, dv: AttentionOperand?, overwrite: (dq: Bool, dk: Bool, dv: Bool))
+{
+  let all = [q, k, v]
+  var fresh: [ObjectIdentifier: Bool] = [:]
+  func operand(_ x: AttentionInput) -> (AttentionOperand, Bool)? {
+    guard x.variable.requiresGrad else { return nil }
+    let id = ObjectIdentifier(x.variable)
+    if fresh[id] == nil {
+      let uses = all.filter { $0.variable === x.variable }
+      let covers = uses.count * width == x.ld && Set(uses.map(\.column)).count == uses.count
+      if covers && x.variable.grad == nil {
+        _ = x.variable.gradForWrite()
+        fresh[id] = true
+      } else {
+        _ = x.variable.gradBuffer()
+        fresh[id] = false
+      }
+    }
+    return (AttentionOperand(x.variable.grad!.data + x.column, ld: x.ld), fresh[id]!)
   }
+  let dq = operand(q), dk = operand(k), dv = operand(v)
+  return (dq?.0, dk?.0, dv?.0, (dq?.1 ?? false, dk?.1 ?? false, dv?.1 ?? false))
 }
 
 func attentionCore(q: AttentionInput, k: AttentionInput, v: AttentionInput, batch: Int, queries: Int, keys: Int,
@@ -32,9 +58,10 @@ func attentionCore(q: AttentionInput, k: AttentionInput, v: AttentionInput, batc
   }
   guard record, let probs else { return (Variable(out), mean) }
   let result = Autograd.result(out, inputs) { g in
+    let d = attentionGradOperands(q, k, v, width: width)
     Kernels.attentionBackward(dOut: AttentionOperand(g.data, ld: width), q: q.operand(), k: k.operand(),
-                              v: v.operand(), probs: probs.data, dq: q.gradOperand(), dk: k.gradOperand(),
-                              dv: v.gradOperand(), shape: shape)
+                              v: v.operand(), probs: probs.data, dq: d.dq, dk: d.dk, dv: d.dv, shape: shape,
+                              overwrite: d.overwrite)
   }
   return (result, mean)
 }

@@ -68,12 +68,14 @@ extension Kernels {
     }
   }
 
-  /// dq += …, dk += …, dv += … (each optional) from do and the saved probabilities.
+  /// dq += …, dk += …, dv += … (each optional) from do and the saved probabilities. With `overwrite` set for an
+  /// operand its head blocks are written (beta 0), not accumulated: its buffer may hold anything (a fresh gradient).
   public static func attentionBackward(
     dOut: AttentionOperand, q: AttentionOperand, k: AttentionOperand, v: AttentionOperand,
     probs: UnsafePointer<Float>, dq: AttentionOperand?, dk: AttentionOperand?, dv: AttentionOperand?,
-    shape s: AttentionShape
+    shape s: AttentionShape, overwrite: (dq: Bool, dk: Bool, dv: Bool) = (false, false, false)
   ) {
+    let betaQ: Float = overwrite.dq ? 0 : 1, betaK: Float = overwrite.dk ? 0 : 1, betaV: Float = overwrite.dv ? 0 : 1
     _ = BLAS.configure
     let pairs = s.batch * s.heads
     let lq = s.queries, lk = s.keys, dh = s.headDim
@@ -94,7 +96,7 @@ extension Kernels {
         let gop = dOut.base + b * lq * dOut.ld + h * dh
         let p = probs + pair * lq * lk
         if let dv {  // dV += Pᵀ·dO
-          BLAS.sgemmRaw(.transpose, .none, lk, dh, lq, alpha: 1, p, lda: lk, gop, ldb: dOut.ld, beta: 1,
+          BLAS.sgemmRaw(.transpose, .none, lk, dh, lq, alpha: 1, p, lda: lk, gop, ldb: dOut.ld, beta: betaV,
                         dv.base + b * lk * dv.ld + h * dh, ldc: dv.ld)
         }
         if dq == nil && dk == nil { continue }
@@ -102,11 +104,11 @@ extension Kernels {
         BLAS.sgemmRaw(.none, .transpose, lq, lk, dh, alpha: 1, gop, lda: dOut.ld, vp, ldb: v.ld, beta: 0, ds, ldc: lk)
         milan_softmax_bwd(p, ds, ds, lq, lk, s.scale, 0)
         if let dq {  // dQ += dS·K
-          BLAS.sgemmRaw(.none, .none, lq, dh, lk, alpha: 1, ds, lda: lk, kp, ldb: k.ld, beta: 1,
+          BLAS.sgemmRaw(.none, .none, lq, dh, lk, alpha: 1, ds, lda: lk, kp, ldb: k.ld, beta: betaQ,
                         dq.base + b * lq * dq.ld + h * dh, ldc: dq.ld)
         }
         if let dk {  // dK += dSᵀ·Q
-          BLAS.sgemmRaw(.transpose, .none, lk, dh, lq, alpha: 1, ds, lda: lk, qp, ldb: q.ld, beta: 1,
+          BLAS.sgemmRaw(.transpose, .none, lk, dh, lq, alpha: 1, ds, lda: lk, qp, ldb: q.ld, beta: betaK,
                         dk.base + b * lk * dk.ld + h * dh, ldc: dk.ld)
         }
       }
