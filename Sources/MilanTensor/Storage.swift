@@ -126,7 +126,7 @@ public final class BufferPool: @unchecked Sendable {
     #if os(Linux)
     // A hint only: where transparent huge pages are off or unavailable the call fails or does nothing, and the buffer
     // keeps 4 KiB pages.
-    if huge { _ = madvise(r, bytes, 14 /* MADV_HUGEPAGE */) }
+    if huge { _ = madvise(r, bytes, MADV_HUGEPAGE) }
     #endif
     return TensorStorage(pointer: r.bindMemory(to: Float.self, capacity: cap), capacity: cap)
   }
