@@ -833,6 +833,10 @@ void milan_pack_weight(const float *w, long n, long k, float *packed) {
   milan_pack_weight_panels(w, n, k, 0, (n + 31) / 32, packed);
 }
 
+void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed) {
+  milan_pack_weight_panels_ld(w, k, n, k, p_lo, p_hi, packed);
+}
+
 #if MILAN_X86
 // dst[i·32 + j] = src[j·lds + i] for the 8 × 8 block i, j < 8: an in-register transpose.
 AVX2 static inline void transpose8x8(const float *src, long lds, float *dst) {
@@ -857,21 +861,22 @@ AVX2 static inline void transpose8x8(const float *src, long lds, float *dst) {
   _mm256_storeu_ps(dst + 224, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
-// Full panels (32 rows of W) in 8 × 8 transposed blocks; what is left of k after the last multiple of 8 elementwise.
-AVX2 static void pack_weight_panel_avx2(const float *w, long k, float *dst) {
+// Full panels (32 rows of W, rows ldw floats apart) in 8 × 8 transposed blocks; what is left of k after the last
+// multiple of 8 elementwise.
+AVX2 static void pack_weight_panel_avx2(const float *w, long ldw, long k, float *dst) {
   long kk = 0;
   for (; kk + 8 <= k; kk += 8)
-    for (long g = 0; g < 32; g += 8) transpose8x8(w + g * k + kk, k, dst + kk * 32 + g);
+    for (long g = 0; g < 32; g += 8) transpose8x8(w + g * ldw + kk, ldw, dst + kk * 32 + g);
   for (; kk < k; kk++)
-    for (long j = 0; j < 32; j++) dst[kk * 32 + j] = w[j * k + kk];
+    for (long j = 0; j < 32; j++) dst[kk * 32 + j] = w[j * ldw + kk];
 }
 #endif
 
-void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed) {
+void milan_pack_weight_panels_ld(const float *w, long ldw, long n, long k, long p_lo, long p_hi, float *packed) {
   for (long p = p_lo; p < p_hi; p++) {
 #if MILAN_X86
     if (p * 32 + 32 <= n && milan_simd_level() > 0) {
-      pack_weight_panel_avx2(w + p * 32 * k, k, packed + p * 32 * k);
+      pack_weight_panel_avx2(w + p * 32 * ldw, ldw, k, packed + p * 32 * k);
       continue;
     }
 #endif
@@ -879,7 +884,7 @@ void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_
     for (long j = 0; j < 32; j++) {
       long o = p * 32 + j;
       if (o < n) {
-        const float *src = w + o * k;
+        const float *src = w + o * ldw;
         for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = src[kk];
       } else
         for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = 0.0f;
@@ -1039,6 +1044,53 @@ AVX512 static void packed_linear_avx512(const float *x, long ldx, long rows, lon
   }
 }
 #endif
+
+// y[r, :] (+)= Σ_kk x[r·ldx + kk·ldk]·panels[kk, :] where the factors of one row are adjacent (ldk = 1) or the
+// factors of one step are (ldx = 1), portable loop.
+static void packed_product_scalar(const float *x, long ldx, long ldk, long rows, long k, const float *packed, long n,
+                                  float *y, long ldy, int acc) {
+  for (long r = 0; r < rows; r++)
+    for (long j = 0; j < n; j++) {
+      const float *wp = packed + (j / 32) * 32 * k + (j % 32);
+      float s = 0.0f;
+      for (long kk = 0; kk < k; kk++) s += x[r * ldx + kk * ldk] * wp[kk * 32];
+      y[r * ldy + j] = acc ? y[r * ldy + j] + s : s;
+    }
+}
+
+#if MILAN_X86
+// x read transposed (ldx = 1: the 8 rows of a tile are adjacent floats of one line of x per step): blocks of 16
+// rows, every panel, tiles of 8 rows.
+AVX512 static void packed_product_t_avx512(const float *x, long ldk, long rows, long k, const float *packed, long n,
+                                           float *y, long ldy, int acc) {
+  for (long i0 = 0; i0 < rows; i0 += 16) {
+    long i1 = i0 + 16 < rows ? i0 + 16 : rows;
+    for (long p0 = 0; p0 < n; p0 += 32) {
+      int cols = n - p0 < 32 ? (int)(n - p0) : 32;
+      for (long i = i0; i < i1; i += 8)
+        packed_tile(k, x + i, 1, ldk, packed + p0 * k, y + i * ldy + p0, ldy, 0, i1 - i < 8 ? (int)(i1 - i) : 8,
+                    cols, acc);
+    }
+  }
+}
+#endif
+
+void milan_packed_product(const float *x, long ldx, long ldk, long rows, long k, const float *packed, long n,
+                          float *y, long ldy, int accumulate) {
+#if MILAN_X86
+  if (milan_packed_linear_avx512()) {
+    if (ldk == 1) {
+      packed_linear_avx512(x, ldx, rows, k, packed, n, 0, y, ldy, accumulate);
+      return;
+    }
+    if (ldx == 1) {
+      packed_product_t_avx512(x, ldk, rows, k, packed, n, y, ldy, accumulate);
+      return;
+    }
+  }
+#endif
+  packed_product_scalar(x, ldx, ldk, rows, k, packed, n, y, ldy, accumulate);
+}
 
 int milan_packed_linear_avx512(void) {
 #if MILAN_X86

@@ -388,6 +388,84 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     }
   }
 
+  @Test func attentionBackwardPackedAndBLASMatchNaive() {
+    // Odd shapes: a single query and key, head widths that are not multiples of 8 or of the 32-wide panel (tails in
+    // every product), a head of 64, and the decoder's query ≠ key lengths; both the packed products (where the CPU
+    // has AVX-512) and the BLAS calls, accumulating into gradients that already hold values. Held like the test
+    // above, so a run comparing bits elsewhere never sees the path switched under it.
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
+    var worst: Double = 0
+    for (b, h, dh, lq, lk) in [(1, 1, 1, 1, 1), (2, 3, 5, 7, 9), (2, 2, 40, 33, 1), (3, 2, 64, 9, 37),
+                                (2, 4, 32, 37, 50), (1, 2, 20, 50, 13)] {
+      let w = h * dh
+      let q = randn([b, lq, w], 71), k = randn([b, lk, w], 72), v = randn([b, lk, w], 73), go = randn([b, lq, w], 74)
+      let s = AttentionShape(batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
+      let ref = Naive.attention(d(q), d(k), d(v), batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
+      let g = Naive.attentionBackward(d(go), d(q), d(k), d(v), probs: ref.probs, batch: b, heads: h, headDim: dh,
+                                      queries: lq, keys: lk)
+      let start = (randn([b, lq, w], 75), randn([b, lk, w], 76), randn([b, lk, w], 77))
+      for packed in [true, false] {
+        Kernels.packsAttention = packed
+        defer { Kernels.packsAttention = true }
+        let o = Tensor(uninitialized: [b, lq, w]), p = Tensor(uninitialized: [b, h, lq, lk])
+        Kernels.attentionForward(q: AttentionOperand(q.data, ld: w), k: AttentionOperand(k.data, ld: w),
+                                 v: AttentionOperand(v.data, ld: w), o: AttentionOperand(o.data, ld: w),
+                                 probs: p.data, shape: s)
+        let dq = start.0.copy(), dk = start.1.copy(), dv = start.2.copy()
+        Kernels.attentionBackward(dOut: AttentionOperand(go.data, ld: w), q: AttentionOperand(q.data, ld: w),
+                                  k: AttentionOperand(k.data, ld: w), v: AttentionOperand(v.data, ld: w),
+                                  probs: p.data, dq: AttentionOperand(dq.data, ld: w),
+                                  dk: AttentionOperand(dk.data, ld: w), dv: AttentionOperand(dv.data, ld: w), shape: s)
+        let label = "\(packed ? "packed" : "BLAS") b\(b) h\(h) dh\(dh) \(lq)x\(lk)"
+        func plus(_ t: Tensor, _ r: [Double]) -> [Double] { zip(d(t), r).map { $0 + $1 } }
+        let checks = [
+          compare(o.toArray(), ref.out, atol: 2e-6, rtol: 1e-5, "attention out, \(label)"),
+          compare(dq.toArray(), plus(start.0, g.dq), atol: 2e-6, rtol: 1e-5, "attention dq, \(label)"),
+          compare(dk.toArray(), plus(start.1, g.dk), atol: 2e-6, rtol: 1e-5, "attention dk, \(label)"),
+          compare(dv.toArray(), plus(start.2, g.dv), atol: 2e-6, rtol: 1e-5, "attention dv, \(label)"),
+        ]
+        for c in checks {
+          #expect(c.ok)
+          worst = max(worst, c.maxAbs)
+        }
+      }
+    }
+    print("attention forward/backward, packed and BLAS: max |Δ| vs float64 \(worst)")
+  }
+
+  @Test func packedProductMatchesNaiveInBothOrientations() {
+    // y (+)= x·B with x read as rows (ldk = 1) or transposed (ldx = 1), B packed from rows or from a transposed
+    // strided matrix; sizes with tails in rows (8-row tiles), columns (32-wide panels) and k; every SIMD level.
+    for (rows, k, n) in [(1, 1, 1), (7, 5, 33), (17, 40, 31), (9, 3, 64), (25, 19, 70)] {
+      let a = randn([rows * k + 3], 81), b = randn([k * n], 82), y0 = randn([rows * n], 83)
+      var ref = [Double](repeating: 0, count: rows * n)
+      for r in 0..<rows { for j in 0..<n { for kk in 0..<k { ref[r * n + j] += d(a)[r * k + kk] * d(b)[kk * n + j] } } }
+      let bT = Tensor(uninitialized: [n, k + 2])  // Bᵀ with rows k + 2 floats apart
+      for j in 0..<n { for kk in 0..<k { bT.data[j * (k + 2) + kk] = b.data[kk * n + j] } }
+      let aT = Tensor(uninitialized: [k * rows])  // A transposed: aT[kk, r]
+      for r in 0..<rows { for kk in 0..<k { aT.data[kk * rows + r] = a.data[r * k + kk] } }
+      forEachSIMDLevel { level in
+        let count = milan_packed_weight_count(n, k)
+        let fromRows = Tensor(uninitialized: [count]), fromT = Tensor(uninitialized: [count])
+        milan_pack_rows_panels(b.data, n, k, n, 0, (n + 31) / 32, fromRows.data)
+        milan_pack_weight_panels_ld(bT.data, k + 2, n, k, 0, (n + 31) / 32, fromT.data)
+        #expect(fromRows.toArray() == fromT.toArray(), "packed panels, rows vs strided transposed, level \(level)")
+        for (transposed, acc) in [(false, false), (true, false), (false, true), (true, true)] {
+          let y = y0.copy()
+          if transposed {
+            milan_packed_product(aT.data, 1, rows, rows, k, fromRows.data, n, y.data, n, acc ? 1 : 0)
+          } else {
+            milan_packed_product(a.data, k, 1, rows, k, fromRows.data, n, y.data, n, acc ? 1 : 0)
+          }
+          let want = acc ? zip(d(y0), ref).map { $0 + $1 } : ref
+          #expect(compare(y.toArray(), want, atol: 5e-6, rtol: 1e-5,
+                          "packed product \(rows)x\(k)x\(n) transposed \(transposed) acc \(acc) level \(level)").ok)
+        }
+      }
+    }
+  }
+
   @Test func gatherScatterPatchEmbedAndReductionsMatchNaive() {
     let b = 3, l = 11, dim = 6, k = 5
     let x = randn([b, l, dim], 61)

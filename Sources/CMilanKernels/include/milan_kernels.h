@@ -67,6 +67,8 @@ void milan_pack_weight(const float *w, long n, long k, float *packed);
 // k, B[k, 32p ..< 32p + 32]).
 void milan_pack_weight_panels(const float *w, long n, long k, long p_lo, long p_hi, float *packed);
 void milan_pack_rows_panels(const float *b, long ldb, long k, long n, long p_lo, long p_hi, float *packed);
+// milan_pack_weight_panels of a W [n, k] whose rows are ldw floats apart (a head's columns of a token-major buffer).
+void milan_pack_weight_panels_ld(const float *w, long ldw, long n, long k, long p_lo, long p_hi, float *packed);
 // Whether this CPU runs the packed product with AVX-512 (else a portable loop over the same layout).
 int milan_packed_linear_avx512(void);
 // y[r, :] = x[r, :] · Wᵀ + bias for rows r in [0, rows) (x rows ldx floats apart, y rows ldy apart; bias may be NULL;
@@ -74,6 +76,11 @@ int milan_packed_linear_avx512(void);
 // one thread (callers split rows).
 void milan_packed_linear(const float *x, long ldx, long rows, long k, const float *packed, long n, const float *bias,
                          float *y, long ldy, int accumulate);
+// y[r, j] = Σ_kk x[r·ldx + kk·ldk] · B[kk, j] for r < rows, j < n (y += … with `accumulate`), B packed into panels
+// as above: x read in place with either ldk = 1 (rows of x) or ldx = 1 (x transposed: the product Xᵀ·B of a
+// backward); the same 8 × 32 register tile. One thread. The attention heads' six products run on it.
+void milan_packed_product(const float *x, long ldx, long ldk, long rows, long k, const float *packed, long n,
+                          float *y, long ldy, int accumulate);
 
 // A linear layer's weight gradient dW[n, k] = dY[rows, n]ᵀ · X[rows, k] (dW += … with `accumulate`; all three
 // row-major and contiguous), restricted to the block of outputs [i_lo, i_hi) × columns [c_lo, c_hi) (callers split

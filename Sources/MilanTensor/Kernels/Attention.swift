@@ -4,8 +4,10 @@
 // Layout is token-major, the way the projections produce it: q: [B, Lq, *] where head h occupies columns
 // h·Dh ..< (h+1)·Dh of each row, rows `ldq` floats apart (so q, k and v can be column blocks of one fused qkv
 // buffer with ld = 3·H·Dh). Output o: [B, Lq, *] in the same layout. No permute copies are made.
-// Per (batch, head): S = Q·Kᵀ, P = softmax(scale·S), O = P·V, each GEMM a one-thread BLAS call; (batch, head)
-// pairs are split across cores. P is kept for the backward when `probs` is given.
+// Per (batch, head): S = Q·Kᵀ, P = softmax(scale·S), O = P·V; (batch, head) pairs are split across cores. P is
+// kept for the backward when `probs` is given. Each product is one call of the packed 8 × 32 register tile
+// (`milan_packed_product`: the head's right factor copied into 32-wide panels, the left one read in place, as rows or
+// transposed) on CPUs with AVX-512, else a one-thread BLAS call (`AttentionProducts`).
 import CMilanKernels
 import Foundation
 import RealModule
@@ -52,6 +54,7 @@ extension Kernels {
     let own = probs != nil
     let ahead = AttentionPrefetch(s, read: [(q, lq), (k, lk), (v, lk)], write: [(o, lq)],
                                   probs: own ? (UnsafePointer(pbase), true) : nil)
+    let mul = AttentionProducts(s, parts: parts)
     Parallel.forEachChunkIndexed(pairs, minChunk: 4, tasksPerThread: 4) { part, r in
       for pair in r {
         let b = pair / s.heads, h = pair % s.heads
@@ -61,9 +64,9 @@ extension Kernels {
         let vp = v.base + b * lk * v.ld + h * dh
         let op = o.base + b * lq * o.ld + h * dh
         let p = own ? pbase + pair * lq * lk : pbase + part * lq * lk
-        BLAS.sgemmRaw(.none, .transpose, lq, lk, dh, alpha: 1, qp, lda: q.ld, kp, ldb: k.ld, beta: 0, p, ldc: lk)
+        mul.abT(part, qp, q.ld, kp, k.ld, p, lk, m: lq, n: lk, k: dh, accumulate: false)  // S = Q·Kᵀ
         milan_softmax_fwd(p, p, lq, lk, s.scale)
-        BLAS.sgemmRaw(.none, .none, lq, dh, lk, alpha: 1, p, lda: lk, vp, ldb: v.ld, beta: 0, op, ldc: o.ld)
+        mul.ab(part, p, lk, vp, v.ld, op, o.ld, m: lq, n: dh, k: lk, accumulate: false)  // O = P·V
       }
     }
   }
@@ -75,7 +78,6 @@ extension Kernels {
     probs: UnsafePointer<Float>, dq: AttentionOperand?, dk: AttentionOperand?, dv: AttentionOperand?,
     shape s: AttentionShape, overwrite: (dq: Bool, dk: Bool, dv: Bool) = (false, false, false)
   ) {
-    let betaQ: Float = overwrite.dq ? 0 : 1, betaK: Float = overwrite.dk ? 0 : 1, betaV: Float = overwrite.dv ? 0 : 1
     _ = BLAS.configure
     let pairs = s.batch * s.heads
     let lq = s.queries, lk = s.keys, dh = s.headDim
@@ -85,6 +87,7 @@ extension Kernels {
     let written = [dq.map { ($0, lq) }, dk.map { ($0, lk) }, dv.map { ($0, lk) }].compactMap { $0 }
     let ahead = AttentionPrefetch(s, read: [(dOut, lq), (q, lq), (k, lk), (v, lk)], write: written,
                                   probs: (probs, false))
+    let mul = AttentionProducts(s, parts: parts)
     Parallel.forEachChunkIndexed(pairs, minChunk: 4, tasksPerThread: 4) { part, r in
       let ds = sp + part * lq * lk
       for pair in r {
@@ -94,26 +97,31 @@ extension Kernels {
         let kp = k.base + b * lk * k.ld + h * dh
         let vp = v.base + b * lk * v.ld + h * dh
         let gop = dOut.base + b * lq * dOut.ld + h * dh
-        let p = probs + pair * lq * lk
+        let p = UnsafeMutablePointer(mutating: probs + pair * lq * lk)
         if let dv {  // dV += Pᵀ·dO
-          BLAS.sgemmRaw(.transpose, .none, lk, dh, lq, alpha: 1, p, lda: lk, gop, ldb: dOut.ld, beta: betaV,
-                        dv.base + b * lk * dv.ld + h * dh, ldc: dv.ld)
+          mul.aTb(part, p, lk, gop, dOut.ld, dv.base + b * lk * dv.ld + h * dh, dv.ld, m: lk, n: dh, k: lq,
+                  accumulate: !overwrite.dv)
         }
         if dq == nil && dk == nil { continue }
         // dP = dO·Vᵀ, then dS = scale·P∘(dP − rowsum(dP∘P)) in place.
-        BLAS.sgemmRaw(.none, .transpose, lq, lk, dh, alpha: 1, gop, lda: dOut.ld, vp, ldb: v.ld, beta: 0, ds, ldc: lk)
+        mul.abT(part, gop, dOut.ld, vp, v.ld, ds, lk, m: lq, n: lk, k: dh, accumulate: false)
         milan_softmax_bwd(p, ds, ds, lq, lk, s.scale, 0)
         if let dq {  // dQ += dS·K
-          BLAS.sgemmRaw(.none, .none, lq, dh, lk, alpha: 1, ds, lda: lk, kp, ldb: k.ld, beta: betaQ,
-                        dq.base + b * lq * dq.ld + h * dh, ldc: dq.ld)
+          mul.ab(part, ds, lk, kp, k.ld, dq.base + b * lq * dq.ld + h * dh, dq.ld, m: lq, n: dh, k: lk,
+                 accumulate: !overwrite.dq)
         }
         if let dk {  // dK += dSᵀ·Q
-          BLAS.sgemmRaw(.transpose, .none, lk, dh, lq, alpha: 1, ds, lda: lk, qp, ldb: q.ld, beta: betaK,
-                        dk.base + b * lk * dk.ld + h * dh, ldc: dk.ld)
+          mul.aTb(part, ds, lk, qp, q.ld, dk.base + b * lk * dk.ld + h * dh, dk.ld, m: lk, n: dh, k: lq,
+                  accumulate: !overwrite.dk)
         }
       }
     }
   }
+
+  /// Whether the heads' products run on the packed register tile where the CPU has AVX-512 (`AttentionProducts`);
+  /// `MILAN_PACKED_ATTENTION=0` keeps them on BLAS (A/B runs).
+  nonisolated(unsafe) public static var packsAttention: Bool =
+    ProcessInfo.processInfo.environment["MILAN_PACKED_ATTENTION"] != "0"
 
   /// Whether the attention kernels prefetch the next batch element's rows while the current one's heads run
   /// (`AttentionPrefetch`); `MILAN_ATTENTION_PREFETCH=0` turns it off (A/B runs).
@@ -137,6 +145,72 @@ extension Kernels {
         for i in 0..<block { o[i] *= inv }
       }
     }
+  }
+}
+
+/// The three orientations of a head's products, C[m, n] (+)= A·B, with the operands strided (a head's columns of a
+/// token-major buffer, or a block of probabilities). Packed: the right factor is copied into 32-wide panels in a
+/// per-part scratch (a head's K or V: at most ⌈Lk/32⌉·32·Dh floats) and the left one is read in place by
+/// `milan_packed_product` (1.2–1.3× a one-thread OpenBLAS call on the paper's head shapes, bit-equal there).
+/// Otherwise a one-thread BLAS call; `Naive.attention` is what both are tested against.
+struct AttentionProducts: @unchecked Sendable {
+  private let packed: Bool
+  private let scratch: Tensor?
+  private let stride: Int
+
+  init(_ s: AttentionShape, parts: Int) {
+    packed = Kernels.packsAttention && milan_packed_linear_avx512() != 0
+    let rows = max(s.queries, s.keys), width = (s.headDim + 31) / 32 * 32
+    stride = max((s.keys + 31) / 32 * 32 * s.headDim, rows * width)
+    scratch = packed ? Tensor(uninitialized: [parts, stride]) : nil
+  }
+
+  /// The part's panel scratch; counts the product's FLOPs like a BLAS call does.
+  @inline(__always)
+  private func panels(_ part: Int, _ m: Int, _ n: Int, _ k: Int) -> UnsafeMutablePointer<Float> {
+    if milan_flop_counting() != 0 { milan_flop_counter_add(Int64(2 * m * n * k)) }
+    return scratch!.data + part * stride
+  }
+
+  /// C[m, n] (+)= A[m, k]·B[n, k]ᵀ (S = Q·Kᵀ, dP = dO·Vᵀ): B's rows packed as a weight's.
+  @inline(__always)
+  func abT(_ part: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, accumulate: Bool) {
+    guard packed else {
+      BLAS.sgemmRaw(.none, .transpose, m, n, k, alpha: 1, a, lda: lda, b, ldb: ldb, beta: accumulate ? 1 : 0, c,
+                    ldc: ldc)
+      return
+    }
+    let pk = panels(part, m, n, k)
+    milan_pack_weight_panels_ld(b, ldb, n, k, 0, (n + 31) / 32, pk)
+    milan_packed_product(a, lda, 1, m, k, pk, n, c, ldc, accumulate ? 1 : 0)
+  }
+
+  /// C[m, n] (+)= A[m, k]·B[k, n] (O = P·V, dQ = dS·K): B's rows copied into panels.
+  @inline(__always)
+  func ab(_ part: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+          _ c: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, accumulate: Bool) {
+    guard packed else {
+      BLAS.sgemmRaw(.none, .none, m, n, k, alpha: 1, a, lda: lda, b, ldb: ldb, beta: accumulate ? 1 : 0, c, ldc: ldc)
+      return
+    }
+    let pk = panels(part, m, n, k)
+    milan_pack_rows_panels(b, ldb, k, n, 0, (n + 31) / 32, pk)
+    milan_packed_product(a, lda, 1, m, k, pk, n, c, ldc, accumulate ? 1 : 0)
+  }
+
+  /// C[m, n] (+)= A[k, m]ᵀ·B[k, n] (dV = Pᵀ·dO, dK = dSᵀ·Q): A read transposed in place, B's rows copied.
+  @inline(__always)
+  func aTb(_ part: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, accumulate: Bool) {
+    guard packed else {
+      BLAS.sgemmRaw(.transpose, .none, m, n, k, alpha: 1, a, lda: lda, b, ldb: ldb, beta: accumulate ? 1 : 0, c,
+                    ldc: ldc)
+      return
+    }
+    let pk = panels(part, m, n, k)
+    milan_pack_rows_panels(b, ldb, k, n, 0, (n + 31) / 32, pk)
+    milan_packed_product(a, 1, lda, m, k, pk, n, c, ldc, accumulate ? 1 : 0)
   }
 }
 
@@ -206,5 +280,36 @@ extension Naive {
       }
     }
     return (o, probs)
+  }
+
+  /// The backward of `attention` from its probabilities: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = scale·P∘(dP − rowsum(dP∘P)),
+  /// dQ = dS·K, dK = dSᵀ·Q, per head, in the same token-major layout.
+  public static func attentionBackward<T: RealScalar>(
+    _ dOut: [T], _ q: [T], _ k: [T], _ v: [T], probs: [T], batch: Int, heads: Int, headDim: Int,
+    queries lq: Int, keys lk: Int
+  ) -> (dq: [T], dk: [T], dv: [T]) {
+    let w = heads * headDim
+    let scale = 1 / T.sqrt(T(headDim))
+    var dq = [T](repeating: 0, count: batch * lq * w), dk = [T](repeating: 0, count: batch * lk * w)
+    var dv = [T](repeating: 0, count: batch * lk * w)
+    for b in 0..<batch {
+      for h in 0..<heads {
+        func at(_ rows: Int, _ t: Int, _ d: Int) -> Int { (b * rows + t) * w + h * headDim + d }
+        for i in 0..<lq {
+          let p = (0..<lk).map { probs[((b * heads + h) * lq + i) * lk + $0] }
+          let dp = (0..<lk).map { j in (0..<headDim).reduce(T(0)) { $0 + dOut[at(lq, i, $1)] * v[at(lk, j, $1)] } }
+          let dot = (0..<lk).reduce(T(0)) { $0 + dp[$1] * p[$1] }
+          for j in 0..<lk {
+            let ds = scale * p[j] * (dp[j] - dot)
+            for d in 0..<headDim {
+              dv[at(lk, j, d)] += p[j] * dOut[at(lq, i, d)]
+              dq[at(lq, i, d)] += ds * k[at(lk, j, d)]
+              dk[at(lk, j, d)] += ds * q[at(lq, i, d)]
+            }
+          }
+        }
+      }
+    }
+    return (dq, dk, dv)
   }
 }
