@@ -184,7 +184,7 @@ struct MilanBench: ParsableCommand {
   var only: String?
   @Option(help: "Run only the MILAN-step configuration of this name (one per process keeps max RSS per config).")
   var step: String?
-  @Option(help: "A/B one lever inside the step and teacher rows, alternating call by call in this process (both sides see the same load): \(abLevers.joined(separator: ", ")). Several comma-separated levers switch together. Prints both sides' medians (and the steps' phase medians) and skips the normal row.")
+  @Option(help: "A/B one lever inside the step, teacher and attention rows, alternating call by call in this process (both sides see the same load): \(abLevers.joined(separator: ", ")). Several comma-separated levers switch together. Prints both sides' medians (and the steps' phase medians) and skips the normal row.")
   var ab: String?
   @Flag(help: "Skip the MILAN-step rows (bench/run.sh runs each in its own process).")
   var noSteps = false
@@ -297,6 +297,20 @@ struct MilanBench: ParsableCommand {
       let go = Tensor.randn([a.B, a.Lq, w], rng: &rng)
       // Scores and weighted sum: 4·B·H·Lq·Lk·Dh forward; dV, dP, dQ, dK: twice that backward.
       let fwd = 4.0 * Double(a.B * a.H * a.Lq * a.Lk * a.Dh)
+      if let ab {
+        // Lever A/B on forward + backward, alternating call by call (timeInterleaved: ≥ 20 calls each).
+        let set = try abLever(ab)
+        let body = {
+          q.zeroGrad(); k.zeroGrad(); v.zeroGrad()
+          attention(q, k, v, heads: a.H).backward(seed: go)
+        }
+        let (off, on) = timeInterleaved({ set(false); body() }, { set(true); body() })
+        set(true)
+        for (name, t) in [("off", off), ("on", on)] {
+          print(String(format: "attn_fwdbwd %@ %@ %@: best %.2f median %.2f ms", conf, ab, name, t.best, t.median))
+        }
+        continue
+      }
       record("attn_fwd", conf, flops: fwd) { _ = Autograd.noGrad { attention(q, k, v, heads: a.H) } }
       record("attn_fwdbwd", conf, flops: 3 * fwd) {
         q.zeroGrad(); k.zeroGrad(); v.zeroGrad()
