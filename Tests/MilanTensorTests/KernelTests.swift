@@ -440,7 +440,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     for (rows, k, n) in [(1, 1, 1), (7, 5, 33), (17, 40, 31), (9, 3, 64), (25, 19, 70)] {
       let a = randn([rows * k + 3], 81), b = randn([k * n], 82), y0 = randn([rows * n], 83)
       var ref = [Double](repeating: 0, count: rows * n)
-      for r in 0..<rows { for j in 0..<n { for kk in 0..<k { ref[r * n + j] += d(a)[r * k + kk] * d(b)[kk * n + j] } } }
+      let ad = d(a), bd = d(b)
+      for r in 0..<rows { for j in 0..<n { for kk in 0..<k { ref[r * n + j] += ad[r * k + kk] * bd[kk * n + j] } } }
       let bT = Tensor(uninitialized: [n, k + 2])  // Bᵀ with rows k + 2 floats apart
       for j in 0..<n { for kk in 0..<k { bT.data[j * (k + 2) + kk] = b.data[kk * n + j] } }
       let aT = Tensor(uninitialized: [k * rows])  // A transposed: aT[kk, r]

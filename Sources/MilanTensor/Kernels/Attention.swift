@@ -97,7 +97,7 @@ extension Kernels {
         let kp = k.base + b * lk * k.ld + h * dh
         let vp = v.base + b * lk * v.ld + h * dh
         let gop = dOut.base + b * lq * dOut.ld + h * dh
-        let p = UnsafeMutablePointer(mutating: probs + pair * lq * lk)
+        let p = probs + pair * lq * lk
         if let dv {  // dV += Pᵀ·dO
           mul.aTb(part, p, lk, gop, dOut.ld, dv.base + b * lk * dv.ld + h * dh, dv.ld, m: lk, n: dh, k: lq,
                   accumulate: !overwrite.dv)
