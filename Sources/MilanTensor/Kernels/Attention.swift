@@ -64,9 +64,10 @@ extension Kernels {
         let vp = v.base + b * lk * v.ld + h * dh
         let op = o.base + b * lq * o.ld + h * dh
         let p = own ? pbase + pair * lq * lk : pbase + part * lq * lk
-        mul.abT(part, qp, q.ld, kp, k.ld, p, lk, m: lq, n: lk, k: dh, accumulate: false)  // S = Q·Kᵀ
+        // S = Q·Kᵀ, P = softmax(scale·S), O = P·V
+        mul.product(part, .none, .transpose, qp, q.ld, kp, k.ld, p, lk, m: lq, n: lk, k: dh, accumulate: false)
         milan_softmax_fwd(p, p, lq, lk, s.scale)
-        mul.ab(part, p, lk, vp, v.ld, op, o.ld, m: lq, n: dh, k: lk, accumulate: false)  // O = P·V
+        mul.product(part, .none, .none, p, lk, vp, v.ld, op, o.ld, m: lq, n: dh, k: lk, accumulate: false)
       }
     }
   }
@@ -99,20 +100,20 @@ extension Kernels {
         let gop = dOut.base + b * lq * dOut.ld + h * dh
         let p = probs + pair * lq * lk
         if let dv {  // dV += Pᵀ·dO
-          mul.aTb(part, p, lk, gop, dOut.ld, dv.base + b * lk * dv.ld + h * dh, dv.ld, m: lk, n: dh, k: lq,
-                  accumulate: !overwrite.dv)
+          mul.product(part, .transpose, .none, p, lk, gop, dOut.ld, dv.base + b * lk * dv.ld + h * dh, dv.ld,
+                      m: lk, n: dh, k: lq, accumulate: !overwrite.dv)
         }
         if dq == nil && dk == nil { continue }
         // dP = dO·Vᵀ, then dS = scale·P∘(dP − rowsum(dP∘P)) in place.
-        mul.abT(part, gop, dOut.ld, vp, v.ld, ds, lk, m: lq, n: lk, k: dh, accumulate: false)
+        mul.product(part, .none, .transpose, gop, dOut.ld, vp, v.ld, ds, lk, m: lq, n: lk, k: dh, accumulate: false)
         milan_softmax_bwd(p, ds, ds, lq, lk, s.scale, 0)
         if let dq {  // dQ += dS·K
-          mul.ab(part, ds, lk, kp, k.ld, dq.base + b * lq * dq.ld + h * dh, dq.ld, m: lq, n: dh, k: lk,
-                 accumulate: !overwrite.dq)
+          mul.product(part, .none, .none, ds, lk, kp, k.ld, dq.base + b * lq * dq.ld + h * dh, dq.ld,
+                      m: lq, n: dh, k: lk, accumulate: !overwrite.dq)
         }
         if let dk {  // dK += dSᵀ·Q
-          mul.aTb(part, ds, lk, qp, q.ld, dk.base + b * lk * dk.ld + h * dh, dk.ld, m: lk, n: dh, k: lq,
-                  accumulate: !overwrite.dk)
+          mul.product(part, .transpose, .none, ds, lk, qp, q.ld, dk.base + b * lk * dk.ld + h * dh, dk.ld,
+                      m: lk, n: dh, k: lq, accumulate: !overwrite.dk)
         }
       }
     }
@@ -148,7 +149,7 @@ extension Kernels {
   }
 }
 
-/// The three orientations of a head's products, C[m, n] (+)= A·B, with the operands strided (a head's columns of a
+/// The products of a head, C[m, n] (+)= op(A)·op(B), with the operands strided (a head's columns of a
 /// token-major buffer, or a block of probabilities). Packed: the right factor is copied into 32-wide panels in a
 /// per-part scratch (a head's K or V: at most ⌈Lk/32⌉·32·Dh floats) and the left one is read in place by
 /// `milan_packed_product` (1.2–1.3× a one-thread OpenBLAS call on the paper's head shapes, bit-equal there).
@@ -165,52 +166,26 @@ struct AttentionProducts: @unchecked Sendable {
     scratch = packed ? Tensor(uninitialized: [parts, stride]) : nil
   }
 
-  /// The part's panel scratch; counts the product's FLOPs like a BLAS call does.
+  /// C[m, n] (+)= op(A)·op(B), the orientations a head needs, as `BLAS.sgemmRaw` takes them: S = Q·Kᵀ and
+  /// dP = dO·Vᵀ (B transposed: its rows packed as a weight's), O = P·V and dQ = dS·K (B's rows copied into panels),
+  /// dV = Pᵀ·dO and dK = dSᵀ·Q (A transposed: read in place, 8 adjacent floats of one row per step).
   @inline(__always)
-  private func panels(_ part: Int, _ m: Int, _ n: Int, _ k: Int) -> UnsafeMutablePointer<Float> {
+  func product(_ part: Int, _ ta: Transpose, _ tb: Transpose, _ a: UnsafePointer<Float>, _ lda: Int,
+               _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+               m: Int, n: Int, k: Int, accumulate: Bool) {
+    guard packed else {
+      BLAS.sgemmRaw(ta, tb, m, n, k, alpha: 1, a, lda: lda, b, ldb: ldb, beta: accumulate ? 1 : 0, c, ldc: ldc)
+      return
+    }
     if milan_flop_counting() != 0 { milan_flop_counter_add(Int64(2 * m * n * k)) }
-    return scratch!.data + part * stride
-  }
-
-  /// C[m, n] (+)= A[m, k]·B[n, k]ᵀ (S = Q·Kᵀ, dP = dO·Vᵀ): B's rows packed as a weight's.
-  @inline(__always)
-  func abT(_ part: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
-           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, accumulate: Bool) {
-    guard packed else {
-      BLAS.sgemmRaw(.none, .transpose, m, n, k, alpha: 1, a, lda: lda, b, ldb: ldb, beta: accumulate ? 1 : 0, c,
-                    ldc: ldc)
-      return
+    let pk = scratch!.data + part * stride
+    if tb == .transpose {
+      milan_pack_weight_panels_ld(b, ldb, n, k, 0, (n + 31) / 32, pk)
+    } else {
+      milan_pack_rows_panels(b, ldb, k, n, 0, (n + 31) / 32, pk)
     }
-    let pk = panels(part, m, n, k)
-    milan_pack_weight_panels_ld(b, ldb, n, k, 0, (n + 31) / 32, pk)
-    milan_packed_product(a, lda, 1, m, k, pk, n, c, ldc, accumulate ? 1 : 0)
-  }
-
-  /// C[m, n] (+)= A[m, k]·B[k, n] (O = P·V, dQ = dS·K): B's rows copied into panels.
-  @inline(__always)
-  func ab(_ part: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
-          _ c: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, accumulate: Bool) {
-    guard packed else {
-      BLAS.sgemmRaw(.none, .none, m, n, k, alpha: 1, a, lda: lda, b, ldb: ldb, beta: accumulate ? 1 : 0, c, ldc: ldc)
-      return
-    }
-    let pk = panels(part, m, n, k)
-    milan_pack_rows_panels(b, ldb, k, n, 0, (n + 31) / 32, pk)
-    milan_packed_product(a, lda, 1, m, k, pk, n, c, ldc, accumulate ? 1 : 0)
-  }
-
-  /// C[m, n] (+)= A[k, m]ᵀ·B[k, n] (dV = Pᵀ·dO, dK = dSᵀ·Q): A read transposed in place, B's rows copied.
-  @inline(__always)
-  func aTb(_ part: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
-           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, accumulate: Bool) {
-    guard packed else {
-      BLAS.sgemmRaw(.transpose, .none, m, n, k, alpha: 1, a, lda: lda, b, ldb: ldb, beta: accumulate ? 1 : 0, c,
-                    ldc: ldc)
-      return
-    }
-    let pk = panels(part, m, n, k)
-    milan_pack_rows_panels(b, ldb, k, n, 0, (n + 31) / 32, pk)
-    milan_packed_product(a, 1, lda, m, k, pk, n, c, ldc, accumulate ? 1 : 0)
+    let (ldx, ldk) = ta == .transpose ? (1, lda) : (lda, 1)
+    milan_packed_product(a, ldx, ldk, m, k, pk, n, c, ldc, accumulate ? 1 : 0)
   }
 }
 
