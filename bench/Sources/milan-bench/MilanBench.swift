@@ -299,6 +299,7 @@ struct MilanBench: ParsableCommand {
       let fwd = 4.0 * Double(a.B * a.H * a.Lq * a.Lk * a.Dh)
       if let ab {
         // Lever A/B on forward + backward, alternating call by call (timeInterleaved: ≥ 20 calls each).
+        if let only, !"attn_fwdbwd".hasPrefix(only) { continue }
         let set = try abLever(ab)
         let body = {
           q.zeroGrad(); k.zeroGrad(); v.zeroGrad()
@@ -383,6 +384,7 @@ struct MilanBench: ParsableCommand {
       let flops = Double(t.batch) * FLOPs.teacherForward(teacher.architecture, imageSize: t.image)
       if let ab {
         // Lever A/B on the teacher: settings alternate call by call (2 warm-ups each, then 10 calls each).
+        if let only, !"teacher_fwd".hasPrefix(only) { continue }
         let set = try abLever(ab)
         var totals: [[Double]] = [[], []]
         for i in 0..<24 {
