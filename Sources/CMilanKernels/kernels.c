@@ -363,10 +363,59 @@ AVX512 static inline __m512 v16_quick_grad(__m512 x) {
 }
 #endif
 
+static int gelu_tail_list = 1;
+int milan_gelu_tail_list(void) { return gelu_tail_list; }
+void milan_set_gelu_tail_list(int on) { gelu_tail_list = on; }
+
 #if MILAN_X86
-#define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD, V16FWD, V16GRAD)                        \
+// GELU (erf) forward on 16 lanes with the erfc tail computed only for the lanes that need it (|x| > PHI_C). v16_phi
+// computes the tail for a whole vector when any lane needs it; in a ViT's MLP that is most vectors, while only a few
+// percent of the values are that far out. Per block of 2048 values: the polynomial for every vector (stored), the far
+// lanes' values and positions compressed into a list (register-form compress: the memory form is microcoded on
+// Zen 4), then the tail over that list in full vectors, written back by position. The same operations per value as
+// v16_gelu_erf, so the same bits. One thread, 3.2 M normal values: std 1.0 1300 → 1141 µs, std 1.5 2686 → 1656,
+// std 2.5 2885 → 2267.
+AVX512 static void gelu_erf_fwd_tail_list_avx512(const float *x, float *y, long n) {
+  enum { BLOCK = 2048 };
+  float tx[BLOCK + 16];
+  int ti[BLOCK + 16];
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (long b = 0; b < n; b += BLOCK) {
+    long m = n - b < BLOCK ? n - b : BLOCK, nt = 0;
+    const float *xb = x + b;
+    float *yb = y + b;
+    for (long i = 0; i < m; i += 16) {
+      __mmask16 mk = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+      __m512 v = _mm512_maskz_loadu_ps(mk, xb + i);
+      __m512 u = _mm512_mul_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(PHI_INV_C2));
+      __m512 q = _mm512_set1_ps(PHI_Q[8]);
+      for (int k = 7; k >= 0; k--) q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(PHI_Q[k]));
+      _mm512_mask_storeu_ps(yb + i, mk, _mm512_mul_ps(v, _mm512_fmadd_ps(v, q, _mm512_set1_ps(0.5f))));
+      __mmask16 far = _mm512_mask_cmp_ps_mask(mk, _mm512_abs_ps(v), _mm512_set1_ps(PHI_C), _CMP_GT_OQ);
+      if (far) {
+        _mm512_storeu_ps(tx + nt, _mm512_maskz_compress_ps(far, v));
+        _mm512_storeu_si512((void *)(ti + nt),
+                            _mm512_maskz_compress_epi32(far, _mm512_add_epi32(lane, _mm512_set1_epi32((int)i))));
+        nt += __builtin_popcount(far);
+      }
+    }
+    for (long t = 0; t < nt; t += 16) {
+      __mmask16 mk = nt - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nt - t)) - 1);
+      __m512 v = _mm512_maskz_loadu_ps(mk, tx + t);
+      __m512 c = _mm512_mul_ps(_mm512_set1_ps(0.5f),
+                               v16_erfc_pos(_mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(INV_SQRT2))));
+      __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
+      _mm512_storeu_ps(tx + t, _mm512_mul_ps(v, _mm512_mask_blend_ps(pos, c, _mm512_sub_ps(_mm512_set1_ps(1.0f), c))));
+    }
+    for (long t = 0; t < nt; t++) yb[ti[t]] = tx[t];
+  }
+}
+#endif
+
+#if MILAN_X86
+#define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD, V16FWD, V16GRAD, FWD512)                \
   /* 16 lanes, 4 vectors per iteration; the tail in one masked vector. */                    \
-  AVX512 static void NAME##_fwd_avx512(const float *x, float *y, long n) {                 \
+  AVX512 __attribute__((unused)) static void NAME##_fwd_avx512(const float *x, float *y, long n) { \
     long i = 0;                                                                             \
     for (; i + 64 <= n; i += 64) {                                                          \
       __m512 a0 = V16FWD(_mm512_loadu_ps(x + i)), a1 = V16FWD(_mm512_loadu_ps(x + i + 16)); \
@@ -418,7 +467,10 @@ AVX512 static inline __m512 v16_quick_grad(__m512 x) {
     for (; i < n; i++) dx[i] = (acc ? dx[i] : 0.0f) + dy[i] * SGRAD(x[i]);                 \
   }                                                                                         \
   void milan_##NAME##_fwd(const float *x, float *y, long n) {                               \
-    if (milan_simd_level() > 1) { NAME##_fwd_avx512(x, y, n); return; }                     \
+    if (milan_simd_level() > 1) {                                                           \
+      if (gelu_tail_list) FWD512(x, y, n); else NAME##_fwd_avx512(x, y, n);                 \
+      return;                                                                               \
+    }                                                                                       \
     if (milan_simd_level() > 0) { NAME##_fwd_avx2(x, y, n); return; }                       \
     for (long i = 0; i < n; i++) y[i] = SFWD(x[i]);                                         \
   }                                                                                         \
@@ -428,7 +480,7 @@ AVX512 static inline __m512 v16_quick_grad(__m512 x) {
     for (long i = 0; i < n; i++) dx[i] = (acc ? dx[i] : 0.0f) + dy[i] * SGRAD(x[i]);       \
   }
 #else
-#define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD, V16FWD, V16GRAD)                        \
+#define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD, V16FWD, V16GRAD, FWD512)                \
   void milan_##NAME##_fwd(const float *x, float *y, long n) {                               \
     for (long i = 0; i < n; i++) y[i] = SFWD(x[i]);                                         \
   }                                                                                         \
@@ -437,10 +489,24 @@ AVX512 static inline __m512 v16_quick_grad(__m512 x) {
   }
 #endif
 
-DEFINE_UNARY(gelu_erf, s_gelu_erf, v_gelu_erf, s_gelu_erf_grad, v_gelu_erf_grad, v16_gelu_erf, v16_gelu_erf_grad)
+// The last argument is the AVX-512 forward: the generated 16-lane loop (NAME##_fwd_avx512) except for the exact
+// GELU, whose erfc tail is computed for the far lanes only (gelu_erf_fwd_tail_list_avx512; the 16-lane loop over
+// v16_gelu_erf stays beside it as its reference).
+DEFINE_UNARY(gelu_erf, s_gelu_erf, v_gelu_erf, s_gelu_erf_grad, v_gelu_erf_grad, v16_gelu_erf, v16_gelu_erf_grad,
+             gelu_erf_fwd_tail_list_avx512)
 DEFINE_UNARY(gelu_tanh, s_gelu_tanh, v_gelu_tanh, s_gelu_tanh_grad, v_gelu_tanh_grad, v16_gelu_tanh,
-             v16_gelu_tanh_grad)
-DEFINE_UNARY(quick_gelu, s_quick, v_quick, s_quick_grad, v_quick_grad, v16_quick, v16_quick_grad)
+             v16_gelu_tanh_grad, gelu_tanh_fwd_avx512)
+DEFINE_UNARY(quick_gelu, s_quick, v_quick, s_quick_grad, v_quick_grad, v16_quick, v16_quick_grad, quick_gelu_fwd_avx512)
+
+void milan_gelu_erf_fwd_vectorwise(const float *x, float *y, long n) {
+#if MILAN_X86
+  if (milan_simd_level() > 1) {
+    gelu_erf_fwd_avx512(x, y, n);
+    return;
+  }
+#endif
+  milan_gelu_erf_fwd(x, y, n);
+}
 
 #if MILAN_X86
 AVX2 static void exp_avx2(const float *x, float *y, long n) {

@@ -112,6 +112,30 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     }
   }
 
+  /// The exact GELU's AVX-512 forward computes the erfc tail for the far lanes only (a list per block of 2048); it
+  /// must give the bits of the per-vector tail it replaced, on block and vector tails, far values alone or mixed.
+  @Test func geluTailListMatchesTheVectorwiseTailBitForBit() {
+    for (n, std) in [(1, 4.0), (15, 3.0), (17, 3.0), (2047, 2.0), (2048, 4.0), (2049, 1.0), (100_003, 4.0),
+                     (65_536, 1.5)] as [(Int, Float)] {
+      var rng = SplitMix64(seed: UInt64(n))
+      let x = Tensor.randn([n], std: std, rng: &rng)
+      let specials: [Float] = [-.infinity, .infinity, -30, 30, -2.5, 2.5, -2.5000002, 2.5000002, 0, -0.0]
+      for (i, v) in specials.enumerated() where i < n { x.data[n - 1 - i] = v }
+      forEachSIMDLevel { level in
+        let y = [Float](unsafeUninitializedCapacity: n) { b, c in milan_gelu_erf_fwd(x.data, b.baseAddress!, n); c = n }
+        let ref = [Float](unsafeUninitializedCapacity: n) { b, c in
+          milan_gelu_erf_fwd_vectorwise(x.data, b.baseAddress!, n); c = n
+        }
+        let inPlace = x.copy()
+        milan_gelu_erf_fwd(inPlace.data, inPlace.data, n)  // y == x is allowed
+        let differ = (0..<n).filter { y[$0].bitPattern != ref[$0].bitPattern }
+        let differInPlace = (0..<n).filter { inPlace.data[$0].bitPattern != ref[$0].bitPattern }
+        #expect(differ.isEmpty, "GELU n=\(n) std \(std) simd\(level): \(differ.count) values differ, first at \(differ.first ?? -1)")
+        #expect(differInPlace.isEmpty, "GELU in place n=\(n) simd\(level): \(differInPlace.count) values differ")
+      }
+    }
+  }
+
   @Test func layerNormMatchesNaiveOnBothSIMDPaths() {
     forEachSIMDLevel { level in
       for (rows, dim) in [(257, 384), (9, 37), (1000, 8)] {

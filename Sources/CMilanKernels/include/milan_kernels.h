@@ -33,6 +33,13 @@ int milan_pool_run(long parts, int threads, milan_pool_fn fn, void *ctx);
 
 // y = f(x); dx += dy * f'(x) (or dx = dy * f'(x) when accumulate == 0). In-place (y == x) is allowed for the forwards.
 void milan_gelu_erf_fwd(const float *x, float *y, long n);
+// The exact GELU forward with the AVX-512 erfc tail computed per vector (any lane far: the whole vector), the
+// reference that milan_gelu_erf_fwd's far-lanes-only tail is tested against; other SIMD levels: milan_gelu_erf_fwd.
+void milan_gelu_erf_fwd_vectorwise(const float *x, float *y, long n);
+// 1 (default): the AVX-512 forwards use their own loop where they have one (the exact GELU's far-lanes tail list);
+// 0: the generated 16-lane loop for every activation (A/B runs: `milan-bench --ab gelu-tail-list`).
+int milan_gelu_tail_list(void);
+void milan_set_gelu_tail_list(int on);
 void milan_gelu_erf_bwd(const float *x, const float *dy, float *dx, long n, int accumulate);
 void milan_gelu_tanh_fwd(const float *x, float *y, long n);
 void milan_gelu_tanh_bwd(const float *x, const float *dy, float *dx, long n, int accumulate);

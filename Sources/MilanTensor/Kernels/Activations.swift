@@ -14,6 +14,13 @@ public enum Activation: String, Sendable, Codable, CaseIterable {
 extension Kernels {
   static let elementwiseChunk = 1 << 15
 
+  /// Whether the exact GELU's AVX-512 forward computes its erfc tail for the far lanes only (a list per block, the
+  /// default) or for every vector with a far lane (the same bits; `milan-bench --ab gelu-tail-list` compares them).
+  public static var geluTailList: Bool {
+    get { milan_gelu_tail_list() != 0 }
+    set { milan_set_gelu_tail_list(newValue ? 1 : 0) }
+  }
+
   /// y = f(x), n elements (y may equal x).
   public static func activationForward(_ kind: Activation, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                                        count n: Int) {

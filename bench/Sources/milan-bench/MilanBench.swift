@@ -88,7 +88,8 @@ func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 /// Levers `--ab` can switch, each "on" being the default.
 let abLevers = ["gemm-tasks (on: 1 task per thread, off: 2)", "packed-training", "packed-short-forward",
-                "packed-weight-grad", "packed-large", "packed-attention", "attention-prefetch", "worker-pool"]
+                "packed-weight-grad", "packed-large", "packed-attention", "attention-prefetch", "worker-pool",
+                "gelu-tail-list"]
 
 /// The setter of an `--ab` lever (`on` = the library's default); several comma-separated levers switch together.
 func abLever(_ names: String) throws -> (Bool) -> Void {
@@ -106,6 +107,7 @@ private func abLever(one name: String) throws -> (Bool) -> Void {
   case "packed-short-forward": return { Kernels.packsShortForwards = $0 }
   case "packed-weight-grad": return { Kernels.packsWeightGrads = $0 }
   case "worker-pool": return { Parallel.usesPool = $0 }
+  case "gelu-tail-list": return { Kernels.geluTailList = $0 }
   default: throw ValidationError("--ab: unknown lever \(name) (\(abLevers.joined(separator: ", ")))")
   }
 }
