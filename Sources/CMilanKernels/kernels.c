@@ -415,7 +415,7 @@ AVX512 static void gelu_erf_fwd_tail_list_avx512(const float *x, float *y, long 
 #if MILAN_X86
 #define DEFINE_UNARY(NAME, SFWD, VFWD, SGRAD, VGRAD, V16FWD, V16GRAD, FWD512)                \
   /* 16 lanes, 4 vectors per iteration; the tail in one masked vector. */                    \
-  AVX512 __attribute__((unused)) static void NAME##_fwd_avx512(const float *x, float *y, long n) { \
+  AVX512 static void NAME##_fwd_avx512(const float *x, float *y, long n) {                 \
     long i = 0;                                                                             \
     for (; i + 64 <= n; i += 64) {                                                          \
       __m512 a0 = V16FWD(_mm512_loadu_ps(x + i)), a1 = V16FWD(_mm512_loadu_ps(x + i + 16)); \
