@@ -291,6 +291,7 @@ struct MilanBench: ParsableCommand {
     }
 
     for a in cfg.attention {
+      if let only, !"attn_fwdbwd".hasPrefix(only) { continue }  // covers attn_fwd too (a prefix of it)
       let conf = "B=\(a.B) H=\(a.H) Dh=\(a.Dh) Lq=\(a.Lq) Lk=\(a.Lk)"
       let w = a.H * a.Dh
       let q = Variable(Tensor.randn([a.B, a.Lq, w], rng: &rng), requiresGrad: true)
@@ -301,7 +302,6 @@ struct MilanBench: ParsableCommand {
       let fwd = 4.0 * Double(a.B * a.H * a.Lq * a.Lk * a.Dh)
       if let ab {
         // Lever A/B on forward + backward, alternating call by call (timeInterleaved: ≥ 20 calls each).
-        if let only, !"attn_fwdbwd".hasPrefix(only) { continue }
         let set = try abLever(ab)
         let body = {
           q.zeroGrad(); k.zeroGrad(); v.zeroGrad()
@@ -365,6 +365,8 @@ struct MilanBench: ParsableCommand {
     }
 
     for t in cfg.teachers ?? [] {
+      // Before the teacher is built: a process asked for other rows (bench/run.sh's step processes) builds none.
+      if let only, !"teacher_fwd".hasPrefix(only) { continue }
       let conf = "\(t.name) B=\(t.batch) \(t.image)px"
       let teacher: any Teacher
       switch t.name {
@@ -386,7 +388,6 @@ struct MilanBench: ParsableCommand {
       let flops = Double(t.batch) * FLOPs.teacherForward(teacher.architecture, imageSize: t.image)
       if let ab {
         // Lever A/B on the teacher: settings alternate call by call (2 warm-ups each, then 10 calls each).
-        if let only, !"teacher_fwd".hasPrefix(only) { continue }
         let set = try abLever(ab)
         var totals: [[Double]] = [[], []]
         for i in 0..<24 {
