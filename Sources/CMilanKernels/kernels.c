@@ -938,39 +938,43 @@ AVX2 static void pack_weight_panel_avx2(const float *w, long ldw, long k, float 
 }
 #endif
 
-void milan_pack_weight_panels_ld(const float *w, long ldw, long n, long k, long p_lo, long p_hi, float *packed) {
-  for (long p = p_lo; p < p_hi; p++) {
+// Panel p of W [n, k] (rows ldw floats apart) into dst (32·k floats): dst[kk·32 + j] = W[32p + j, kk], zero past n.
+static void pack_w_panel(const float *w, long ldw, long n, long k, long p, float *dst) {
 #if MILAN_X86
-    if (p * 32 + 32 <= n && milan_simd_level() > 0) {
-      pack_weight_panel_avx2(w + p * 32 * ldw, ldw, k, packed + p * 32 * k);
-      continue;
-    }
+  if (p * 32 + 32 <= n && milan_simd_level() > 0) {
+    pack_weight_panel_avx2(w + p * 32 * ldw, ldw, k, dst);
+    return;
+  }
 #endif
-    float *dst = packed + p * 32 * k;
-    for (long j = 0; j < 32; j++) {
-      long o = p * 32 + j;
-      if (o < n) {
-        const float *src = w + o * ldw;
-        for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = src[kk];
-      } else
-        for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = 0.0f;
-    }
+  for (long j = 0; j < 32; j++) {
+    long o = p * 32 + j;
+    if (o < n) {
+      const float *src = w + o * ldw;
+      for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = src[kk];
+    } else
+      for (long kk = 0; kk < k; kk++) dst[kk * 32 + j] = 0.0f;
   }
 }
 
-void milan_pack_rows_panels(const float *b, long ldb, long k, long n, long p_lo, long p_hi, float *packed) {
-  for (long p = p_lo; p < p_hi; p++) {
-    float *dst = packed + p * 32 * k;
-    long c0 = p * 32, cols = n - c0 < 32 ? n - c0 : 32;
-    if (cols == 32) {  // a fixed-size copy, inlined as vector moves (a library call per 128 bytes cost more)
-      for (long kk = 0; kk < k; kk++) memcpy(dst + kk * 32, b + kk * ldb + c0, 32 * sizeof(float));
-      continue;
-    }
-    for (long kk = 0; kk < k; kk++) {
-      memcpy(dst + kk * 32, b + kk * ldb + c0, (size_t)cols * sizeof(float));
-      for (long j = cols; j < 32; j++) dst[kk * 32 + j] = 0.0f;
-    }
+// Panel p of B [k, n] (rows ldb floats apart) into dst (32·k floats): dst[kk·32 + j] = B[kk, 32p + j], zero past n.
+static void pack_b_panel(const float *b, long ldb, long k, long n, long p, float *dst) {
+  long c0 = p * 32, cols = n - c0 < 32 ? n - c0 : 32;
+  if (cols == 32) {  // a fixed-size copy, inlined as vector moves (a library call per 128 bytes cost more)
+    for (long kk = 0; kk < k; kk++) memcpy(dst + kk * 32, b + kk * ldb + c0, 32 * sizeof(float));
+    return;
   }
+  for (long kk = 0; kk < k; kk++) {
+    memcpy(dst + kk * 32, b + kk * ldb + c0, (size_t)cols * sizeof(float));
+    for (long j = cols; j < 32; j++) dst[kk * 32 + j] = 0.0f;
+  }
+}
+
+void milan_pack_weight_panels_ld(const float *w, long ldw, long n, long k, long p_lo, long p_hi, float *packed) {
+  for (long p = p_lo; p < p_hi; p++) pack_w_panel(w, ldw, n, k, p, packed + p * 32 * k);
+}
+
+void milan_pack_rows_panels(const float *b, long ldb, long k, long n, long p_lo, long p_hi, float *packed) {
+  for (long p = p_lo; p < p_hi; p++) pack_b_panel(b, ldb, k, n, p, packed + p * 32 * k);
 }
 
 static void packed_linear_scalar(const float *x, long ldx, long rows, long k, const float *packed, long n,
@@ -1156,6 +1160,65 @@ void milan_packed_product(const float *x, long ldx, long ldk, long rows, long k,
   }
 #endif
   packed_product_scalar(x, ldx, ldk, rows, k, packed, n, y, ldy, accumulate);
+}
+
+// Lines [l_lo, l_hi) of the source of panel p (transposed_b: W's rows 32p ..< 32p + 32, k floats each; else B's k
+// rows, 32 columns each), prefetched towards L2.
+static inline void prefetch_panel_lines(const float *b, long ldb, int transposed_b, long n, long k, long p,
+                                        long line_lo, long line_hi) {
+  long c0 = p * 32, width = transposed_b ? k : (n - c0 < 32 ? n - c0 : 32), per_row = (width * 4 + 63) / 64;
+  for (long l = line_lo; l < line_hi; l++) {
+    long r = l / per_row, o = (l % per_row) * 16;
+    const float *q = transposed_b ? b + (c0 + r) * ldb + o : b + r * ldb + c0 + o;
+    __builtin_prefetch(q, 0, 2);
+  }
+}
+
+#if MILAN_X86
+// Every 8-row tile of x against one packed panel (cols ≤ 32 outputs), prefetching `next_lines` lines of panel
+// `next`'s source, a share per tile.
+AVX512 static void panel_rows_avx512(const float *x, long ldx, long rows, long k, const float *panel, int cols,
+                                     const float *bias, float *y, long ldy, int acc, const float *b, long ldb,
+                                     int transposed_b, long n, long next, long next_lines) {
+  long tiles = (rows + 7) / 8;
+  for (long t = 0; t < tiles; t++) {
+    if (next_lines)
+      prefetch_panel_lines(b, ldb, transposed_b, n, k, next, next_lines * t / tiles, next_lines * (t + 1) / tiles);
+    long i = t * 8;
+    packed_tile(k, x + i * ldx, ldx, 1, panel, y + i * ldy, ldy, bias, rows - i < 8 ? (int)(rows - i) : 8, cols,
+                acc);
+  }
+}
+#endif
+
+void milan_packed_product_panels(const float *x, long ldx, long rows, long k, const float *b, long ldb,
+                                 int transposed_b, long n, long p_lo, long p_hi, const float *bias, float *y,
+                                 long ldy, int accumulate, float *scratch) {
+  if (rows <= 0) return;
+  for (long p = p_lo; p < p_hi; p++) {
+    if (transposed_b)
+      pack_w_panel(b, ldb, n, k, p, scratch);
+    else
+      pack_b_panel(b, ldb, k, n, p, scratch);
+    long c0 = p * 32;
+    int cols = n - c0 < 32 ? (int)(n - c0) : 32;
+    const float *pb = bias ? bias + c0 : 0;
+    // The next panel's source: its lines, a share per tile (as many rows as the next panel has, times its width).
+    long next_lines = 0;
+    if (p + 1 < p_hi) {
+      long nc0 = c0 + 32, ncols = n - nc0 < 32 ? n - nc0 : 32;
+      next_lines = transposed_b ? ncols * ((k * 4 + 63) / 64) : k * ((ncols * 4 + 63) / 64);
+    }
+#if MILAN_X86
+    if (milan_packed_linear_avx512()) {
+      panel_rows_avx512(x, ldx, rows, k, scratch, cols, pb, y + c0, ldy, accumulate, b, ldb, transposed_b, n, p + 1,
+                        next_lines);
+      continue;
+    }
+#endif
+    (void)next_lines;
+    packed_linear_scalar(x, ldx, rows, k, scratch, cols, pb, y + c0, ldy, accumulate);
+  }
 }
 
 int milan_packed_linear_avx512(void) {

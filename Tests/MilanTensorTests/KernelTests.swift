@@ -491,6 +491,97 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     }
   }
 
+  /// The product that packs one panel at a time (`milan_packed_product_panels`, panels split across threads) gives
+  /// the same bits as packing every panel first and running the packed kernel over the rows: in C on odd sizes (row
+  /// tiles, column panels and k with tails; B and x with padded rows; split panel ranges), at every SIMD level, and
+  /// through `Kernels.linearForward` / `linearBackward` on a layer that takes the path, against float64 as well.
+  @Test func panelByPanelProductsMatchPackingFirstBitForBit() {
+    for (i, (rows, k, n)) in [(1, 1, 1), (7, 5, 33), (17, 40, 95), (9, 300, 64), (25, 19, 70)].enumerated() {
+      let seed = 900 + UInt64(i) * 10
+      let ldx = k + 2, ldw = k + 3, ldb = n + 5
+      let x = randn([rows * ldx], seed), w = randn([n * ldw], seed + 1), bias = randn([n], seed + 2)
+      let bKN = Tensor(uninitialized: [k * ldb])  // the same matrix as B [k, n]: B[kk, j] = W[j, kk]
+      for j in 0..<n { for kk in 0..<k { bKN.data[kk * ldb + j] = w.data[j * ldw + kk] } }
+      let y0 = randn([rows * n], seed + 3)
+      var ref = [Double](repeating: 0, count: rows * n)  // x·Wᵀ in float64
+      for r in 0..<rows { for j in 0..<n { for kk in 0..<k {
+        ref[r * n + j] += Double(x.data[r * ldx + kk]) * Double(w.data[j * ldw + kk]) } } }
+      let panels = (n + 31) / 32, split = panels / 2
+      forEachSIMDLevel { level in
+        for (transposed, withBias, acc) in [(true, true, false), (false, false, true), (true, false, true),
+                                            (false, true, false)] {
+          let packed = Tensor(uninitialized: [milan_packed_weight_count(n, k)])
+          if transposed {
+            milan_pack_weight_panels_ld(w.data, ldw, n, k, 0, panels, packed.data)
+          } else {
+            milan_pack_rows_panels(bKN.data, ldb, k, n, 0, panels, packed.data)
+          }
+          let first = y0.copy(), byPanel = y0.copy()
+          let bp = withBias ? UnsafePointer(bias.data) : nil
+          milan_packed_linear(x.data, ldx, rows, k, packed.data, n, bp, first.data, n, acc ? 1 : 0)
+          let scratch = Tensor(uninitialized: [2 * 32 * k])
+          let src = transposed ? w.data : bKN.data, ld = transposed ? ldw : ldb
+          for (lo, hi, s) in [(0, split, 0), (split, panels, 1)] {
+            milan_packed_product_panels(x.data, ldx, rows, k, src, ld, transposed ? 1 : 0, n, lo, hi, bp,
+                                        byPanel.data, n, acc ? 1 : 0, scratch.data + s * 32 * k)
+          }
+          let label = "\(rows)x\(k)x\(n) transposed \(transposed) bias \(withBias) acc \(acc) level \(level)"
+          let same = byPanel.toArray() == first.toArray()  // a Bool, so a failure prints the label, not both arrays
+          #expect(same, "panel by panel vs packing first, \(label)")
+          var want = ref
+          for r in 0..<rows { for j in 0..<n {
+            if withBias { want[r * n + j] += Double(bias.data[j]) }
+            if acc { want[r * n + j] += Double(y0.data[r * n + j]) } } }
+          #expect(compare(byPanel.toArray(), want, atol: 2e-5, rtol: 1e-5, "panel by panel, \(label)").ok)
+        }
+      }
+    }
+    // Through the library: a layer of 300 rows, 520 → 530 (and 530 → 520 for dX), packed panel by panel on AVX-512.
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
+    let saved = Kernels.packsPanelsOneByOne
+    defer { Kernels.packsPanelsOneByOne = saved }
+    let rows = 300, inF = 520, outF = 530
+    #if arch(x86_64)
+    if PackedWeight.fast && Kernels.packsTrainingProducts && Kernels.packsLargeProducts {
+      #expect(Kernels.packsPanelByPanel(rows: rows, k: inF, n: outF) == (Parallel.threads * 4 <= 17))
+      #expect(Kernels.prefersPackedForward(rows: rows, k: inF, n: outF))
+      #expect(Kernels.prefersPackedProduct(rows: rows, k: outF, n: inF))
+    }
+    #endif
+    let x = randn([rows, inF], 951), w = randn([outF, inF], 952), b = randn([outF], 953)
+    let dy = randn([rows, outF], 954)
+    var yRef = [Double](repeating: 0, count: rows * outF), dxRef = [Double](repeating: 0, count: rows * inF)
+    for r in 0..<rows { for o in 0..<outF {
+      var s = Double(b.data[o])
+      let g = Double(dy.data[r * outF + o])
+      for j in 0..<inF {
+        s += Double(x.data[r * inF + j]) * Double(w.data[o * inF + j])
+        dxRef[r * inF + j] += g * Double(w.data[o * inF + j])
+      }
+      yRef[r * outF + o] = s } }
+    var outs: [[Float]] = []
+    var worst = 0.0
+    for on in [true, false] {
+      Kernels.packsPanelsOneByOne = on
+      let y = Tensor(uninitialized: [rows, outF]), dx = Tensor(uninitialized: [rows, inF])
+      Kernels.linearForward(x: x.data, weight: w.data, bias: b.data, y: y.data, rows: rows, inFeatures: inF,
+                            outFeatures: outF)
+      Kernels.linearBackward(dy: dy.data, x: x.data, weight: w.data, dx: dx.data, dWeight: nil, dBias: nil, rows: rows,
+                             inFeatures: inF, outFeatures: outF, overwriteDx: true)
+      for (got, want, what) in [(y.toArray(), yRef, "y"), (dx.toArray(), dxRef, "dX")] {
+        let r = compare(got, want, atol: 1e-4, rtol: 1e-5, "linear \(what) \(rows)x\(inF)x\(outF) panel by panel \(on)")
+        #expect(r.ok)
+        worst = max(worst, r.maxAbs)
+      }
+      outs.append(y.toArray() + dx.toArray())
+    }
+    let same = outs[0] == outs[1]
+    #expect(same, "linear forward and dX: panel by panel vs packing first, bit for bit")
+    print("panel-by-panel products: the same bits as packing first; linear \(rows)x\(inF)x\(outF) max |Δ| vs float64 "
+          + "\(worst)")
+  }
+
   @Test func gatherScatterPatchEmbedAndReductionsMatchNaive() {
     let b = 3, l = 11, dim = 6, k = 5
     let x = randn([b, l, dim], 61)

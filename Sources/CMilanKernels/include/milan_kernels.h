@@ -88,6 +88,16 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
 // backward); the same 8 × 32 register tile. One thread. The attention heads' six products run on it.
 void milan_packed_product(const float *x, long ldx, long ldk, long rows, long k, const float *packed, long n,
                           float *y, long ldy, int accumulate);
+// y[rows, n] (+)= x[rows, k]·op(B) + bias (bias may be NULL) over the 32-output panels [p_lo, p_hi) only, B not
+// packed beforehand: each panel is packed into `scratch` (32·k floats, so it stays in L2) right before every row of
+// x (rows ldx floats apart, read in place) runs against it, while the next panel's source is prefetched a share per
+// 8-row tile. op(B) is Wᵀ of a W [n, k] (`transposed_b`: a forward) or B [k, n] (a backward dX = dY·W), rows ldb
+// floats apart. The same tiles and sums as milan_pack_weight_panels / milan_pack_rows_panels followed by
+// milan_packed_linear (bit for bit); callers split the panels across threads, each with its own scratch. Few rows
+// against a large B (the paper's encoder: 400 tokens) save writing and re-reading B's packed copy.
+void milan_packed_product_panels(const float *x, long ldx, long rows, long k, const float *b, long ldb,
+                                 int transposed_b, long n, long p_lo, long p_hi, const float *bias, float *y,
+                                 long ldy, int accumulate, float *scratch);
 
 // A linear layer's weight gradient dW[n, k] = dY[rows, n]ᵀ · X[rows, k] (dW += … with `accumulate`; all three
 // row-major and contiguous), restricted to the block of outputs [i_lo, i_hi) × columns [c_lo, c_hi) (callers split

@@ -154,12 +154,39 @@ extension Kernels {
   nonisolated(unsafe) public static var packsShortForwards: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_SHORT_FORWARD"] != "0"
 
+  /// Whether `packedProduct` splits the 32-output panels across the cores, each packing one panel at a time into a
+  /// buffer that stays in L2 and running every row against it (`milan_packed_product_panels`), rather than packing
+  /// all of B first and splitting the rows. It pays where few rows meet a large B (rows < 1024, B ≥ 2^18 floats: the
+  /// paper's encoder layers at 400 tokens, ViT-L's at 200), where writing B's packed copy and streaming it back once
+  /// per 16 rows weighs most; with at least 4 panels per thread, so the split stays even. Two-thread harness, B cold
+  /// in cache (docs/benchmarks.md): 400 × 768 → 3072 5–8 % faster, 200 × 1024 → 4096 17–20 %, 1176 × 512 → 2048
+  /// the same, 3200 × 384 → 1536 7 % slower (hence the row bound). `MILAN_PANEL_BY_PANEL=0` turns it off (A/B runs).
+  public static func packsPanelByPanel(rows: Int, k: Int, n: Int) -> Bool {
+    packsPanelsOneByOne && rows < 1024 && n * k >= 1 << 18 && (n + 31) / 32 >= 4 * Parallel.threads
+  }
+
+  nonisolated(unsafe) public static var packsPanelsOneByOne: Bool =
+    ProcessInfo.processInfo.environment["MILAN_PANEL_BY_PANEL"] != "0"
+
   /// y[rows, n] = x[rows, k]·op(B) + bias (y += … with `accumulate`), op(B) [k, n] given as W [n, k] (`transposedB`,
-  /// a forward) or as B [k, n] (a backward dX = dY·W). B is packed into 32-wide panels for this call (the panels split
-  /// across the cores), then the packed kernel runs over rows split across the cores; x is read in place.
+  /// a forward) or as B [k, n] (a backward dX = dY·W); x is read in place. Either panel by panel
+  /// (`packsPanelByPanel`), or B packed into 32-wide panels for this call (the panels split across the cores), then
+  /// the packed kernel over rows split across the cores. The two give the same bits.
   static func packedProduct(x: UnsafePointer<Float>, rows: Int, k: Int, b: UnsafePointer<Float>, n: Int,
                             transposedB: Bool, bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>,
                             accumulate: Bool) {
+    if packsPanelByPanel(rows: rows, k: k, n: n) {
+      if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
+      let count = (n + 31) / 32, parts = Parallel.parts(count)
+      let scratch = Tensor(uninitialized: [parts * 32 * k])
+      nonisolated(unsafe) let x = x, b = b, bias = bias, y = y, sp = scratch.data
+      let ldb = transposedB ? k : n, acc: Int32 = accumulate ? 1 : 0
+      Parallel.forEachChunkIndexed(count) { part, r in  // `parts` parts, as `Parallel.parts(count)` counted
+        milan_packed_product_panels(x, k, rows, k, b, ldb, transposedB ? 1 : 0, n, r.lowerBound, r.upperBound, bias,
+                                    y, n, acc, sp + part * 32 * k)
+      }
+      return
+    }
     let panels = Tensor(uninitialized: [milan_packed_weight_count(n, k)])
     nonisolated(unsafe) let b = b, p = panels.data
     Parallel.forEachChunk((n + 31) / 32, minChunk: max(1, (1 << 16) / max(1, 32 * k))) { r in
