@@ -1162,7 +1162,7 @@ void milan_packed_product(const float *x, long ldx, long ldk, long rows, long k,
   packed_product_scalar(x, ldx, ldk, rows, k, packed, n, y, ldy, accumulate);
 }
 
-// Lines [l_lo, l_hi) of the source of panel p (transposed_b: W's rows 32p ..< 32p + 32, k floats each; else B's k
+// Lines [line_lo, line_hi) of the source of panel p (transposed_b: W's rows 32p ..< 32p + 32, k floats each; else B's k
 // rows, 32 columns each), prefetched towards L2.
 static inline void prefetch_panel_lines(const float *b, long ldb, int transposed_b, long n, long k, long p,
                                         long line_lo, long line_hi) {

@@ -160,11 +160,13 @@ extension Kernels {
   /// paper's encoder layers at 400 tokens, ViT-L's at 200), where writing B's packed copy and streaming it back once
   /// per 16 rows weighs most; with at least 4 panels per thread, so the split stays even. Two-thread harness, B cold
   /// in cache (docs/benchmarks.md): 400 × 768 → 3072 5–8 % faster, 200 × 1024 → 4096 17–20 %, 1176 × 512 → 2048
-  /// the same, 3200 × 384 → 1536 7 % slower (hence the row bound). `MILAN_PANEL_BY_PANEL=0` turns it off (A/B runs).
+  /// the same, 3200 × 384 → 1536 7 % slower (hence the row bound).
   public static func packsPanelByPanel(rows: Int, k: Int, n: Int) -> Bool {
     packsPanelsOneByOne && rows < 1024 && n * k >= 1 << 18 && (n + 31) / 32 >= 4 * Parallel.threads
   }
 
+  /// Whether `packsPanelByPanel` may choose the panel-by-panel product at all; `MILAN_PANEL_BY_PANEL=0` or
+  /// `milan-bench --ab panel-by-panel` turns it off (A/B runs).
   nonisolated(unsafe) public static var packsPanelsOneByOne: Bool =
     ProcessInfo.processInfo.environment["MILAN_PANEL_BY_PANEL"] != "0"
 
