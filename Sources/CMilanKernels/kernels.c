@@ -252,9 +252,6 @@ AVX512 static inline __m512 v16_erfc_pos(__m512 z) {
   return _mm512_mul_ps(t, v16_exp(_mm512_fnmadd_ps(z, z, p)));
 }
 
-// As v_phi; the erfc tail is computed when any of the 16 lanes needs it. With 8 lanes that branch is taken for about
-// 40 % of a ViT MLP's vectors, unpredictably; with 16 it is taken more often but mispredicted less (one thread,
-// normal inputs of std 1.5: GELU 652 → 343 µs per 395 k values).
 // Phi on |x| <= PHI_C: 0.5 + x·Q(x² / PHI_C²).
 AVX512 static inline __m512 v16_phi_near(__m512 x) {
   __m512 u = _mm512_mul_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(PHI_INV_C2));
@@ -269,6 +266,9 @@ AVX512 static inline __m512 v16_phi_far(__m512 x) {
   __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
   return _mm512_mask_blend_ps(pos, c, _mm512_sub_ps(_mm512_set1_ps(1.0f), c));
 }
+// As v_phi; the erfc tail is computed when any of the 16 lanes needs it. With 8 lanes that branch is taken for about
+// 40 % of a ViT MLP's vectors, unpredictably; with 16 it is taken more often but mispredicted less (one thread,
+// normal inputs of std 1.5: GELU 652 → 343 µs per 395 k values).
 AVX512 static inline __m512 v16_phi(__m512 x) {
   __m512 res = v16_phi_near(x);
   __mmask16 far = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(PHI_C), _CMP_GT_OQ);
@@ -1162,11 +1162,19 @@ void milan_packed_product(const float *x, long ldx, long ldk, long rows, long k,
   packed_product_scalar(x, ldx, ldk, rows, k, packed, n, y, ldy, accumulate);
 }
 
-// Lines [line_lo, line_hi) of the source of panel p (transposed_b: W's rows 32p ..< 32p + 32, k floats each; else B's k
-// rows, 32 columns each), prefetched towards L2.
+// The 64-byte lines of the source of panel p (transposed_b: W's rows 32p ..< 32p + 32, k floats each; else B's k
+// rows, up to 32 columns each): per row, in all, and lines [line_lo, line_hi) of them prefetched towards L2.
+static inline long panel_source_row_lines(int transposed_b, long n, long k, long p) {
+  long c0 = p * 32, width = transposed_b ? k : (n - c0 < 32 ? n - c0 : 32);
+  return (width * 4 + 63) / 64;
+}
+static inline long panel_source_lines(int transposed_b, long n, long k, long p) {
+  long c0 = p * 32, rows = transposed_b ? (n - c0 < 32 ? n - c0 : 32) : k;
+  return rows * panel_source_row_lines(transposed_b, n, k, p);
+}
 static inline void prefetch_panel_lines(const float *b, long ldb, int transposed_b, long n, long k, long p,
                                         long line_lo, long line_hi) {
-  long c0 = p * 32, width = transposed_b ? k : (n - c0 < 32 ? n - c0 : 32), per_row = (width * 4 + 63) / 64;
+  long c0 = p * 32, per_row = panel_source_row_lines(transposed_b, n, k, p);
   for (long l = line_lo; l < line_hi; l++) {
     long r = l / per_row, o = (l % per_row) * 16;
     const float *q = transposed_b ? b + (c0 + r) * ldb + o : b + r * ldb + c0 + o;
@@ -1203,12 +1211,7 @@ void milan_packed_product_panels(const float *x, long ldx, long rows, long k, co
     long c0 = p * 32;
     int cols = n - c0 < 32 ? (int)(n - c0) : 32;
     const float *pb = bias ? bias + c0 : 0;
-    // The next panel's source: its lines, a share per tile (as many rows as the next panel has, times its width).
-    long next_lines = 0;
-    if (p + 1 < p_hi) {
-      long nc0 = c0 + 32, ncols = n - nc0 < 32 ? n - nc0 : 32;
-      next_lines = transposed_b ? ncols * ((k * 4 + 63) / 64) : k * ((ncols * 4 + 63) / 64);
-    }
+    long next_lines = p + 1 < p_hi ? panel_source_lines(transposed_b, n, k, p + 1) : 0;
 #if MILAN_X86
     if (milan_packed_linear_avx512()) {
       panel_rows_avx512(x, ldx, rows, k, scratch, cols, pb, y + c0, ldy, accumulate, b, ldb, transposed_b, n, p + 1,
