@@ -830,21 +830,64 @@ AVX2 static void log_softmax_bwd_avx2(const float *y, const float *dy, float *dx
 #endif
 
 #if MILAN_X86
-// 16 lanes, the row's tail in one masked vector (no scalar exp per row); scale·(x − max) as one FMA.
+// A row's running maximum, 16 lanes, the tail in one masked vector.
+AVX512 static inline __attribute__((always_inline)) __m512 sm_row_max(const float *xr, long full, __mmask16 tm) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  long i = 0;
+  for (; i < full; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(xr + i));
+  if (tm) m = _mm512_mask_max_ps(m, tm, m, _mm512_maskz_loadu_ps(tm, xr + i));
+  return m;
+}
+
+// 16 lanes, the row's tail in one masked vector (no scalar exp per row); scale·(x − max) as one FMA. Rows go in
+// pairs: the max, the exponentials with their sum, and the scaling of two rows interleaved, so one row's reductions
+// and division (latency) overlap the other's exponentials (throughput); each row is computed exactly as alone, the
+// same bits (one-thread harness, rows of 197 hot in L1: 69 → 62 ns per row).
 AVX512 static void softmax_fwd_avx512(const float *x, float *y, long rows, long n, float scale) {
   const __m512 vs = _mm512_set1_ps(scale);
-  long full = n / 16 * 16;
+  long full = n / 16 * 16, r = 0;
   __mmask16 tm = (__mmask16)((1u << (n - full)) - 1);
-  for (long r = 0; r < rows; r++) {
+  for (; r + 2 <= rows; r += 2) {  // rows a and b = a + 1
+    const float *xa = x + r * n, *xb = xa + n;
+    float *ya = y + r * n, *yb = ya + n;
+    __m512 ma = sm_row_max(xa, full, tm), mb = sm_row_max(xb, full, tm);
+    __m512 vma = _mm512_set1_ps(_mm512_reduce_max_ps(ma) * scale);
+    __m512 vmb = _mm512_set1_ps(_mm512_reduce_max_ps(mb) * scale);
+    __m512 sa = _mm512_setzero_ps(), sb = _mm512_setzero_ps();
+    long i = 0;
+    for (; i < full; i += 16) {
+      __m512 ea = v16_exp(_mm512_fmsub_ps(vs, _mm512_loadu_ps(xa + i), vma));
+      __m512 eb = v16_exp(_mm512_fmsub_ps(vs, _mm512_loadu_ps(xb + i), vmb));
+      _mm512_storeu_ps(ya + i, ea);
+      _mm512_storeu_ps(yb + i, eb);
+      sa = _mm512_add_ps(sa, ea);
+      sb = _mm512_add_ps(sb, eb);
+    }
+    if (tm) {
+      __m512 ea = _mm512_maskz_mov_ps(tm, v16_exp(_mm512_fmsub_ps(vs, _mm512_maskz_loadu_ps(tm, xa + i), vma)));
+      __m512 eb = _mm512_maskz_mov_ps(tm, v16_exp(_mm512_fmsub_ps(vs, _mm512_maskz_loadu_ps(tm, xb + i), vmb)));
+      _mm512_mask_storeu_ps(ya + i, tm, ea);
+      _mm512_mask_storeu_ps(yb + i, tm, eb);
+      sa = _mm512_add_ps(sa, ea);
+      sb = _mm512_add_ps(sb, eb);
+    }
+    __m512 ia = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sa)), ib = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sb));
+    for (i = 0; i < full; i += 16) {
+      _mm512_storeu_ps(ya + i, _mm512_mul_ps(_mm512_loadu_ps(ya + i), ia));
+      _mm512_storeu_ps(yb + i, _mm512_mul_ps(_mm512_loadu_ps(yb + i), ib));
+    }
+    if (tm) {
+      _mm512_mask_storeu_ps(ya + i, tm, _mm512_mul_ps(_mm512_maskz_loadu_ps(tm, ya + i), ia));
+      _mm512_mask_storeu_ps(yb + i, tm, _mm512_mul_ps(_mm512_maskz_loadu_ps(tm, yb + i), ib));
+    }
+  }
+  for (; r < rows; r++) {
     const float *xr = x + r * n;
     float *yr = y + r * n;
-    __m512 m = _mm512_set1_ps(-INFINITY);
-    long i = 0;
-    for (; i < full; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(xr + i));
-    if (tm) m = _mm512_mask_max_ps(m, tm, m, _mm512_maskz_loadu_ps(tm, xr + i));
-    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale);
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(sm_row_max(xr, full, tm)) * scale);
     __m512 acc = _mm512_setzero_ps();
-    for (i = 0; i < full; i += 16) {
+    long i = 0;
+    for (; i < full; i += 16) {
       __m512 e = v16_exp(_mm512_fmsub_ps(vs, _mm512_loadu_ps(xr + i), vm));
       _mm512_storeu_ps(yr + i, e);
       acc = _mm512_add_ps(acc, e);
@@ -859,6 +902,34 @@ AVX512 static void softmax_fwd_avx512(const float *x, float *y, long rows, long 
     if (tm) _mm512_mask_storeu_ps(yr + i, tm, _mm512_mul_ps(_mm512_maskz_loadu_ps(tm, yr + i), inv));
   }
 }
+
+// dx = scale·y∘(dy − Σ y∘dy) per row, 16 lanes with the tail in one masked vector.
+AVX512 static void softmax_bwd_avx512(const float *y, const float *dy, float *dx, long rows, long n, float scale,
+                                      int acc) {
+  long full = n / 16 * 16;
+  __mmask16 tm = (__mmask16)((1u << (n - full)) - 1);
+  const __m512 vsc = _mm512_set1_ps(scale);
+  for (long r = 0; r < rows; r++) {
+    const float *yr = y + r * n, *gr = dy + r * n;
+    float *dr = dx + r * n;
+    __m512 a = _mm512_setzero_ps();
+    long i = 0;
+    for (; i < full; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(yr + i), _mm512_loadu_ps(gr + i), a);
+    if (tm) a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, yr + i), _mm512_maskz_loadu_ps(tm, gr + i), a);
+    __m512 vs = _mm512_set1_ps(_mm512_reduce_add_ps(a));
+    for (i = 0; i < full; i += 16) {
+      __m512 g = _mm512_mul_ps(_mm512_mul_ps(vsc, _mm512_loadu_ps(yr + i)), _mm512_sub_ps(_mm512_loadu_ps(gr + i), vs));
+      if (acc) g = _mm512_add_ps(g, _mm512_loadu_ps(dr + i));
+      _mm512_storeu_ps(dr + i, g);
+    }
+    if (tm) {
+      __m512 g = _mm512_mul_ps(_mm512_mul_ps(vsc, _mm512_maskz_loadu_ps(tm, yr + i)),
+                               _mm512_sub_ps(_mm512_maskz_loadu_ps(tm, gr + i), vs));
+      if (acc) g = _mm512_add_ps(g, _mm512_maskz_loadu_ps(tm, dr + i));
+      _mm512_mask_storeu_ps(dr + i, tm, g);
+    }
+  }
+}
 #endif
 
 void milan_softmax_fwd(const float *x, float *y, long rows, long n, float scale) {
@@ -871,6 +942,7 @@ void milan_softmax_fwd(const float *x, float *y, long rows, long n, float scale)
 
 void milan_softmax_bwd(const float *y, const float *dy, float *dx, long rows, long n, float scale, int accumulate) {
 #if MILAN_X86
+  if (milan_simd_level() > 1) { softmax_bwd_avx512(y, dy, dx, rows, n, scale, accumulate); return; }
   if (milan_simd_level() > 0) { softmax_bwd_avx2(y, dy, dx, rows, n, scale, accumulate); return; }
 #endif
   softmax_bwd_scalar(y, dy, dx, rows, n, scale, accumulate);

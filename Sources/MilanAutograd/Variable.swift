@@ -59,6 +59,18 @@ public class Variable: CustomStringConvertible {
     return (g, false)
   }
 
+  /// Adds alpha·g to the gradient. On first use the buffer is written, not zero-filled and then added to: the same
+  /// bits (alpha·g + 0 = 0 + alpha·g), one pass fewer over the gradient.
+  public func accumulateGrad(_ g: Tensor, alpha: Float = 1) {
+    precondition(g.count == value.count, "accumulateGrad: gradient of \(g.count) elements for value \(value.shape)")
+    let (d, accumulate) = gradForWrite()
+    if accumulate {
+      MilanTensor.Kernels.axpy(alpha, x: g.data, y: d.data, count: g.count)
+    } else {
+      MilanTensor.Kernels.affine(x: g.data, y: d.data, count: g.count, alpha: alpha)
+    }
+  }
+
   public func zeroGrad() { grad = nil }
 
   /// A leaf holding the same value, cut from the graph.

@@ -243,6 +243,20 @@ private func assembleReference(_ x: [[Double]], restore: [Int], clsBatch: Int) -
     #expect(z.requiresGrad && !z.isLeaf)
   }
 
+  @Test func accumulateGradWritesOnFirstUseAndAddsAfter() {
+    // First use writes alpha·g into an uninitialised buffer: the same bits as adding it to zeros; then it adds.
+    let count = 70_001  // several chunks of the parallel kernels, with a tail
+    let g = randn([count], 45, std: 3), h = randn([count], 46)
+    let v = Variable(Tensor(zeros: [count]), requiresGrad: true)
+    v.accumulateGrad(g, alpha: -0.37)
+    let zeros = Tensor(zeros: [count])
+    Kernels.axpy(-0.37, x: g.data, y: zeros.data, count: count)
+    #expect(compare(v.grad!.toArray(), zeros.toArray(), atol: 0, rtol: 0, "first use vs 0 + alpha·g").ok)
+    v.accumulateGrad(h)
+    Kernels.axpy(1, x: h.data, y: zeros.data, count: count)
+    #expect(compare(v.grad!.toArray(), zeros.toArray(), atol: 0, rtol: 0, "second use adds").ok)
+  }
+
   @Test func sharedInputsSumTheirGradientsAndGraphIsFreed() {
     let a = Variable(randn([5], 44), requiresGrad: true)
     let y = (a * a + a).sum()  // d/da = 2a + 1

@@ -192,6 +192,15 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
         #expect(compare(ly.toArray(), Naive.logSoftmax(d(x), rows: rows, n: n), atol: 1e-5, rtol: 1e-5, "logSoftmax simd\(level)").ok)
       }
     }
+    // Rows run in pairs on the AVX-512 path; each row must come out exactly as when computed alone.
+    forEachSIMDLevel { level in
+      let (rows, n) = (5, 197)
+      let x = randn([rows, n], 43, std: 5)
+      let all = Tensor(uninitialized: [rows, n]), one = Tensor(uninitialized: [rows, n])
+      Kernels.softmaxForward(x: x.data, y: all.data, rows: rows, n: n, scale: 0.3)
+      for r in 0..<rows { Kernels.softmaxForward(x: x.data + r * n, y: one.data + r * n, rows: 1, n: n, scale: 0.3) }
+      #expect(compare(all.toArray(), one.toArray(), atol: 0, rtol: 0, "softmax rows together vs alone simd\(level)").ok)
+    }
     // -inf entries (masked logits) get probability exactly 0.
     let x = Tensor(shape: [1, 9], values: [1, -.infinity, 2, 3, 4, 5, 6, 7, -.infinity])
     Kernels.softmaxForward(x: x.data, y: x.data, rows: 1, n: 9)

@@ -32,7 +32,7 @@ extension Variable {
     let x = self
     let y = Tensor(uninitialized: shape)
     Kernels.affine(x: value.data, y: y.data, count: count, alpha: alpha, beta: beta)
-    return Autograd.result(y, [x]) { g in Kernels.axpy(alpha, x: g.data, y: x.gradBuffer().data, count: g.count) }
+    return Autograd.result(y, [x]) { g in x.accumulateGrad(g, alpha: alpha) }
   }
 
   public func activation(_ kind: Activation) -> Variable {
@@ -51,10 +51,7 @@ extension Variable {
   public func reshaped(_ newShape: [Int]) -> Variable {
     let x = self
     let y = value.reshaped(newShape)
-    return Autograd.result(y, [x]) { g in
-      let d = x.gradBuffer()
-      Kernels.axpy(1, x: g.data, y: d.data, count: g.count)
-    }
+    return Autograd.result(y, [x]) { g in x.accumulateGrad(g) }
   }
 }
 
@@ -83,7 +80,7 @@ public func residualAdd(_ x: Variable, _ branch: Variable) -> Variable {
   let y = branch.value
   Kernels.axpy(1, x: x.value.data, y: y.data, count: y.count)
   return Autograd.result(y, [x, branch]) { g in
-    if x.requiresGrad { Kernels.axpy(1, x: g.data, y: x.gradBuffer().data, count: g.count) }
-    if branch.requiresGrad { Kernels.axpy(1, x: g.data, y: branch.gradBuffer().data, count: g.count) }
+    if x.requiresGrad { x.accumulateGrad(g) }
+    if branch.requiresGrad { branch.accumulateGrad(g) }
   }
 }

@@ -36,7 +36,7 @@ public func scatterAddTokens(_ src: Variable, ids: IndexTensor, tokens: Int) -> 
   return Autograd.result(y, [src]) { g in
     let tmp = Tensor(uninitialized: [b, k, d])
     Kernels.gatherTokens(x: g.data, ids: ids.values, y: tmp.data, batch: b, tokens: tokens, picked: k, dim: d)
-    Kernels.axpy(1, x: tmp.data, y: src.gradBuffer().data, count: tmp.count)
+    src.accumulateGrad(tmp)
   }
 }
 
