@@ -1088,9 +1088,17 @@ static long wg_chunk(long rows, long cols) {
 // reads a weight gradient's dY transposed, the 8 factors of one step adjacent in one row of dY. Rows past `rows` read
 // row 0 again and are not stored; outputs past `cols` (≤ 32) are masked. Always inlined, so each caller's constant
 // stride gives it its own loop.
-AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, const float *x, long ldx, long ldk,
-                                                                     const float *wp, float *y, long ldy,
-                                                                     const float *bias, int rows, int cols, int acc) {
+//
+// With `cp_dst` set (a weight gradient's tiles, below) the loop also copies one 8-wide micro-panel of the next block of
+// dY, cp_dst[kk·8 ..< kk·8 + 8] = cp_src[kk·cp_ld ..< kk·cp_ld + 8], prefetching its source WG_COPY_AHEAD steps ahead:
+// the copy's strided loads (a new line per step) then wait while the FMAs run instead of before them. Callers pass 0
+// for a plain tile, and the copy compiles away.
+enum { WG_COPY_AHEAD = 32 };
+AVX512 static inline __attribute__((always_inline)) void packed_tile_copying(long k, const float *x, long ldx, long ldk,
+                                                                             const float *wp, float *y, long ldy,
+                                                                             const float *bias, int rows, int cols,
+                                                                             int acc, const float *cp_src, long cp_ld,
+                                                                             float *cp_dst) {
   __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
   __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
   __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -1104,12 +1112,18 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, con
     _mm_prefetch((const char *)(y + i * ldy), _MM_HINT_T0);
     _mm_prefetch((const char *)(y + i * ldy + 16), _MM_HINT_T0);
   }
+  if (cp_dst)
+    for (long kk = 0; kk < k && kk < WG_COPY_AHEAD; kk++) _mm_prefetch((const char *)(cp_src + kk * cp_ld), _MM_HINT_T0);
   for (long kk = 0, o = 0; kk < k; kk++, o += ldk, wp += 32) {
     __m512 w0 = _mm512_loadu_ps(wp), w1 = _mm512_loadu_ps(wp + 16), a;
     a = _mm512_set1_ps(x0[o]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
     a = _mm512_set1_ps(x1[o]); c10 = _mm512_fmadd_ps(a, w0, c10); c11 = _mm512_fmadd_ps(a, w1, c11);
     a = _mm512_set1_ps(x2[o]); c20 = _mm512_fmadd_ps(a, w0, c20); c21 = _mm512_fmadd_ps(a, w1, c21);
     a = _mm512_set1_ps(x3[o]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
+    if (cp_dst) {
+      if (kk + WG_COPY_AHEAD < k) _mm_prefetch((const char *)(cp_src + (kk + WG_COPY_AHEAD) * cp_ld), _MM_HINT_T0);
+      _mm256_storeu_ps(cp_dst + kk * 8, _mm256_loadu_ps(cp_src + kk * cp_ld));
+    }
     a = _mm512_set1_ps(x4[o]); c40 = _mm512_fmadd_ps(a, w0, c40); c41 = _mm512_fmadd_ps(a, w1, c41);
     a = _mm512_set1_ps(x5[o]); c50 = _mm512_fmadd_ps(a, w0, c50); c51 = _mm512_fmadd_ps(a, w1, c51);
     a = _mm512_set1_ps(x6[o]); c60 = _mm512_fmadd_ps(a, w0, c60); c61 = _mm512_fmadd_ps(a, w1, c61);
@@ -1127,12 +1141,30 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, con
   }
 }
 
+AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, const float *x, long ldx, long ldk,
+                                                                     const float *wp, float *y, long ldy,
+                                                                     const float *bias, int rows, int cols, int acc) {
+  packed_tile_copying(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc, 0, 0, 0);
+}
+
+// dY's columns [ib, ib + nr) (nr ≤ 8) of kc rows into an 8-wide micro-panel, zero-padded.
+AVX512 static inline void wg_copy_micro(const float *src, long n, long kc, int nr, float *dst) {
+  if (nr == 8)
+    for (long kk = 0; kk < kc; kk++) _mm256_storeu_ps(dst + kk * 8, _mm256_loadu_ps(src + kk * n));
+  else
+    for (long kk = 0; kk < kc; kk++)
+      for (int j = 0; j < 8; j++) dst[kk * 8 + j] = j < nr ? src[kk * n + j] : 0.0f;
+}
+
 // Per chunk of the reduction: X's chunk [kc, c_lo ..< c_hi] packed into 32-column panels, then every 8-output tile
 // over every panel, accumulating across chunks. A block of many panels (≥ 8) first copies dY's chunk per 16 outputs
 // into two 8-wide micro-panels, so the tile's 8 factors of a step are adjacent in L1 (104–109 GFLOP/s on the paper's
 // layers against 86–98 reading them from a row of dY in place: a new cache line every step); a narrow block reads dY
 // in place, where the copy would be spread over too few panels (5–20 % slower on the CPU default's 96- and 128-wide
-// layers; docs/benchmarks.md).
+// layers; docs/benchmarks.md). The copy of the next 16 outputs runs inside the current block's first tiles, so its
+// loads (a new line of dY per step) overlap the FMAs: one-thread harness, dY cold, one thread's half of the paper's
+// layers, 89–91 → 93–94 % of a core (1176 rows × 1024 × 512), 92–94 → 95–96 % (408 × 1536 × 768), 88–89 → 92–93 %
+// (1576 × 512 × 512); the same bits.
 AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, long rows, long n, long k, long i_lo,
                                              long i_hi, long c_lo, long c_hi, float *dw, int acc, float *scratch) {
   long cols = c_hi - c_lo, kcmax = wg_chunk(rows, cols);
@@ -1149,25 +1181,31 @@ AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, lo
                       i_hi - i0 < 8 ? (int)(i_hi - i0) : 8, cols - p0 < 32 ? (int)(cols - p0) : 32, a);
       continue;
     }
-    for (long i0 = i_lo; i0 < i_hi; i0 += 16) {
+    // Two buffers of two micro-panels: the block being multiplied, and the next one, whose full micro-panels the
+    // tiles of the first panel copy as they run (packed_tile_copying); partial ones (the last outputs) are copied
+    // alone.
+    for (int t = 0; t < (i_hi - i_lo > 8 ? 2 : 1); t++) {
+      long ib = i_lo + 8 * t;
+      wg_copy_micro(dy + r0 * n + ib, n, kc, i_hi - ib < 8 ? (int)(i_hi - ib) : 8, mp + t * 8 * kc);
+    }
+    for (long i0 = i_lo, cur = 0; i0 < i_hi; i0 += 16, cur ^= 1) {
       int tiles = i_hi - i0 > 8 ? 2 : 1;
-      for (int t = 0; t < tiles; t++) {
-        long ib = i0 + 8 * t;
-        int nr = i_hi - ib < 8 ? (int)(i_hi - ib) : 8;
-        const float *src = dy + r0 * n + ib;
-        float *dst = mp + t * 8 * kc;
-        if (nr == 8)
-          for (long kk = 0; kk < kc; kk++) _mm256_storeu_ps(dst + kk * 8, _mm256_loadu_ps(src + kk * n));
-        else
-          for (long kk = 0; kk < kc; kk++)
-            for (int j = 0; j < 8; j++) dst[kk * 8 + j] = j < nr ? src[kk * n + j] : 0.0f;
-      }
+      long next = i0 + 16;
+      int next_tiles = next < i_hi ? (i_hi - next > 8 ? 2 : 1) : 0;
+      float *mc = mp + cur * 16 * kc, *mn = mp + (cur ^ 1) * 16 * kc;
       for (long p0 = 0; p0 < cols; p0 += 32)
         for (int t = 0; t < tiles; t++) {
           long ib = i0 + 8 * t;
-          packed_tile(kc, mp + t * 8 * kc, 1, 8, xp + p0 * kc, dw + ib * k + c_lo + p0, k, 0,
-                      i_hi - ib < 8 ? (int)(i_hi - ib) : 8, cols - p0 < 32 ? (int)(cols - p0) : 32, a);
+          int nr = i_hi - ib < 8 ? (int)(i_hi - ib) : 8, nc = cols - p0 < 32 ? (int)(cols - p0) : 32;
+          if (p0 == 0 && t < next_tiles && i_hi - (next + 8 * t) >= 8)  // two inlined loops, each its own
+            packed_tile_copying(kc, mc + t * 8 * kc, 1, 8, xp, dw + ib * k + c_lo, k, 0, nr, nc, a,
+                                dy + r0 * n + next + 8 * t, n, mn + t * 8 * kc);
+          else
+            packed_tile(kc, mc + t * 8 * kc, 1, 8, xp + p0 * kc, dw + ib * k + c_lo + p0, k, 0, nr, nc, a);
         }
+      for (int t = 0; t < next_tiles; t++)
+        if (i_hi - (next + 8 * t) < 8)
+          wg_copy_micro(dy + r0 * n + next + 8 * t, n, kc, (int)(i_hi - (next + 8 * t)), mn + t * 8 * kc);
     }
   }
 }
@@ -1326,7 +1364,7 @@ void milan_packed_linear(const float *x, long ldx, long rows, long k, const floa
 // make one chunk of 256, 257 two of 129), so one size serves every part of a split.
 long milan_packed_weight_grad_scratch(long rows, long cols) {
   long most = wg_micro_panels(cols) ? 512 : 256, kc = rows < most ? rows : most;
-  return kc * ((cols + 31) / 32 * 32) + (wg_micro_panels(cols) ? 16 * kc : 0);
+  return kc * ((cols + 31) / 32 * 32) + (wg_micro_panels(cols) ? 32 * kc : 0);
 }
 
 void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,

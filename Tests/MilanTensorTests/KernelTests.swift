@@ -377,6 +377,44 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     print("packed weight gradients: max |Δ| vs float64 \(worst)")
   }
 
+  @Test func weightGradientMicroPanelsCarriedAcrossPartialBlocks() {
+    // Blocks of ≥ 256 columns copy dY into micro-panels, the next 16 outputs' full ones inside the current block's
+    // tiles: output ranges whose last block holds 13 outputs (a full micro-panel carried, a partial one copied alone),
+    // 5, 9 and 16, over one chunk and over two (777 rows), written over NaN and accumulated.
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
+    let hw = Int(milan_set_simd_level(1))
+    defer { milan_set_simd_level(Int32(hw)) }
+    var worst = 0.0
+    for (i, rows) in [300, 777].enumerated() {
+      let outF = 61, inF = 300
+      let x = randn([rows, inF], 2300 + UInt64(i)), dy = randn([rows, outF], 2400 + UInt64(i))
+      let dw0 = randn([outF, inF], 2500 + UInt64(i))
+      var ref = [Double](repeating: 0, count: outF * inF)
+      for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
+        for j in 0..<inF { ref[o * inF + j] += g * Double(x.data[r * inF + j]) } } }
+      for level in 0...hw {
+        milan_set_simd_level(Int32(level))
+        for (iLo, iHi) in [(0, 45), (3, 24), (20, 61), (45, 61)] {
+          for accumulate in [false, true] {
+            let dw = accumulate ? Tensor(shape: [outF, inF], values: dw0.toArray())
+                                : Tensor(shape: [outF, inF], repeating: .nan)
+            let scratch = Tensor(uninitialized: [milan_packed_weight_grad_scratch(rows, inF)])
+            milan_packed_weight_grad(dy.data, x.data, rows, outF, inF, iLo, iHi, 0, inF, dw.data, accumulate ? 1 : 0,
+                                     scratch.data)
+            let got = Array(dw.toArray()[(iLo * inF)..<(iHi * inF)])
+            let want = (iLo * inF..<iHi * inF).map { ref[$0] + (accumulate ? Double(dw0.data[$0]) : 0) }
+            let r = compare(got, want, atol: 1e-4, rtol: 1e-5,
+                            "dW rows \(rows) outputs \(iLo)..<\(iHi) accumulate \(accumulate) SIMD \(level)")
+            #expect(r.ok)
+            worst = max(worst, r.maxAbs)
+          }
+        }
+      }
+    }
+    print("weight gradient micro-panels: max |Δ| vs float64 \(worst)")
+  }
+
   @Test func attentionMatchesNaiveWithDifferentQueryAndKeyLengths() {
     // Held so no other test switches the SIMD path between the runs compared bit for bit below.
     simdLevelLock.lock()
