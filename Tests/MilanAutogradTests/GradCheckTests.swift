@@ -151,6 +151,24 @@ private func assembleReference(_ x: [[Double]], restore: [Int], clsBatch: Int) -
                               op: { assembleTokens(cls: $0[0], visible: $0[1], masked: $0[2], idsRestore: restore) },
                               reference: { x in assembleReference(x, restore: restore.values, clsBatch: clsBatch) }))
     }
+    // The prompts feed every decoder layer: visible and masked also used by a second op, so one of the two backwards
+    // finds their gradients already there and adds to them.
+    expectAll(GradCheck.run("assembleTokens (inputs used twice)",
+                            inputs: [randn([2, 1, 3], 35), randn([2, 2, 3], 36), randn([2, 3, 3], 37)],
+                            op: { x in
+                              concatTokens([assembleTokens(cls: x[0], visible: x[1], masked: x[2], idsRestore: restore),
+                                            x[1], x[2]])
+                            },
+                            reference: { x in
+                              let a = assembleReference(x, restore: restore.values, clsBatch: 2)
+                              var out: [Double] = []
+                              for bi in 0..<2 {
+                                out += a[(bi * 18)..<(bi * 18 + 18)]
+                                out += x[1][(bi * 6)..<(bi * 6 + 6)]
+                                out += x[2][(bi * 9)..<(bi * 9 + 9)]
+                              }
+                              return out
+                            }))
     // The in-place residual: the branch is a fresh result (here x·2 through affine).
     expectAll(GradCheck.run("residualAdd", inputs: [randn([2, 4, 3], 33), randn([2, 4, 3], 34)],
                             op: { residualAdd($0[0], $0[1].affine(2)) },

@@ -137,32 +137,53 @@ public func assembleTokens(cls: Variable, visible: Variable, masked: Variable, i
   precondition(cls.shape.count == 3 && cls.shape[1] == 1 && cls.shape[2] == d && (cls.shape[0] == b || cls.shape[0] == 1)
                && masked.shape == [b, m, d] && idsRestore.shape == [b, l],
                "assembleTokens: cls \(cls.shape), visible \(visible.shape), masked \(masked.shape), ids \(idsRestore.shape)")
-  let y = Tensor(uninitialized: [b, 1 + l, d])
   let ids = idsRestore.values
-  let clsStride = cls.shape[0] == 1 ? 0 : d
-  for n in 0..<b {
-    (y.data + n * (1 + l) * d).update(from: cls.value.data + n * clsStride, count: d)
+  for n in 0..<b {  // each image's restore order is a permutation: every visible and masked row is used once
+    var seen = [Bool](repeating: false, count: l)
     for i in 0..<l {
       let j = ids[n * l + i]
-      let src = j < k ? visible.value.data + (n * k + j) * d : masked.value.data + (n * m + j - k) * d
-      (y.data + (n * (1 + l) + 1 + i) * d).update(from: src, count: d)
+      precondition(j >= 0 && j < l && !seen[j], "assembleTokens: idsRestore row \(n) is not a permutation of 0..<\(l)")
+      seen[j] = true
+    }
+  }
+  let y = Tensor(uninitialized: [b, 1 + l, d])
+  let clsStride = cls.shape[0] == 1 ? 0 : d
+  nonisolated(unsafe) let yp = y.data, cp = cls.value.data, vp = visible.value.data, mp = masked.value.data
+  Parallel.forEachChunk(b) { images in  // row copies, images split across the cores
+    for n in images {
+      (yp + n * (1 + l) * d).update(from: cp + n * clsStride, count: d)
+      for i in 0..<l {
+        let j = ids[n * l + i]
+        let src = j < k ? vp + (n * k + j) * d : mp + (n * m + j - k) * d
+        (yp + (n * (1 + l) + 1 + i) * d).update(from: src, count: d)
+      }
     }
   }
   return Autograd.result(y, [cls, visible, masked]) { g in
-    let gc = cls.requiresGrad ? cls.gradBuffer().data : nil
-    let gv = visible.requiresGrad ? visible.gradBuffer().data : nil
-    let gm = masked.requiresGrad ? masked.gradBuffer().data : nil
-    for n in 0..<b {
-      if let gc { Kernels.axpy(1, x: g.data + n * (1 + l) * d, y: gc + n * clsStride, count: d) }
-      for i in 0..<l {
-        let j = ids[n * l + i]
-        let row = g.data + (n * (1 + l) + 1 + i) * d
-        if j < k {
-          if let gv { Kernels.axpy(1, x: row, y: gv + (n * k + j) * d, count: d) }
-        } else if let gm {
-          Kernels.axpy(1, x: row, y: gm + (n * m + j - k) * d, count: d)
+    // Each row of visible and masked receives exactly one row of g: a fresh gradient is written (no zero fill),
+    // an existing one added to. The class token's rows go last, one thread (a shared [1, 1, d] token sums b rows).
+    let gv = visible.requiresGrad ? visible.gradForWrite() : nil
+    let gm = masked.requiresGrad ? masked.gradForWrite() : nil
+    nonisolated(unsafe) let gp = g.data, gvp = gv?.tensor.data, gmp = gm?.tensor.data
+    let addV = gv?.accumulate ?? false, addM = gm?.accumulate ?? false
+    Parallel.forEachChunk(b) { images in
+      for n in images {
+        for i in 0..<l {
+          let j = ids[n * l + i]
+          let row = gp + (n * (1 + l) + 1 + i) * d
+          let dst = j < k ? gvp.map { $0 + (n * k + j) * d } : gmp.map { $0 + (n * m + j - k) * d }
+          guard let dst else { continue }
+          if j < k ? addV : addM {
+            for c in 0..<d { dst[c] += row[c] }
+          } else {
+            dst.update(from: row, count: d)
+          }
         }
       }
+    }
+    if cls.requiresGrad {
+      let gc = cls.gradBuffer().data
+      for n in 0..<b { for c in 0..<d { gc[n * clsStride + c] += gp[n * (1 + l) * d + c] } }
     }
   }
 }
