@@ -1147,6 +1147,10 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, con
   packed_tile_copying(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc, 0, 0, 0);
 }
 
+static int wg_carry = 1;
+int milan_weight_grad_carry(void) { return wg_carry; }
+void milan_set_weight_grad_carry(int on) { wg_carry = on; }
+
 // dY's columns [ib, ib + nr) (nr ≤ 8) of kc rows into an 8-wide micro-panel, zero-padded.
 AVX512 static inline void wg_copy_micro(const float *src, long n, long kc, int nr, float *dst) {
   if (nr == 8)
@@ -1183,7 +1187,8 @@ AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, lo
     }
     // Two buffers of two micro-panels: the block being multiplied, and the next one, whose full micro-panels the
     // tiles of the first panel copy as they run (packed_tile_copying); partial ones (the last outputs) are copied
-    // alone.
+    // alone, as are all of them with the carry switched off (milan_set_weight_grad_carry, A/B runs).
+    int carry = wg_carry;
     for (int t = 0; t < (i_hi - i_lo > 8 ? 2 : 1); t++) {
       long ib = i_lo + 8 * t;
       wg_copy_micro(dy + r0 * n + ib, n, kc, i_hi - ib < 8 ? (int)(i_hi - ib) : 8, mp + t * 8 * kc);
@@ -1197,14 +1202,14 @@ AVX512 static void packed_weight_grad_avx512(const float *dy, const float *x, lo
         for (int t = 0; t < tiles; t++) {
           long ib = i0 + 8 * t;
           int nr = i_hi - ib < 8 ? (int)(i_hi - ib) : 8, nc = cols - p0 < 32 ? (int)(cols - p0) : 32;
-          if (p0 == 0 && t < next_tiles && i_hi - (next + 8 * t) >= 8)  // two inlined loops, each its own
+          if (carry && p0 == 0 && t < next_tiles && i_hi - (next + 8 * t) >= 8)  // two inlined loops
             packed_tile_copying(kc, mc + t * 8 * kc, 1, 8, xp, dw + ib * k + c_lo, k, 0, nr, nc, a,
                                 dy + r0 * n + next + 8 * t, n, mn + t * 8 * kc);
           else
             packed_tile(kc, mc + t * 8 * kc, 1, 8, xp + p0 * kc, dw + ib * k + c_lo + p0, k, 0, nr, nc, a);
         }
       for (int t = 0; t < next_tiles; t++)
-        if (i_hi - (next + 8 * t) < 8)
+        if (!carry || i_hi - (next + 8 * t) < 8)
           wg_copy_micro(dy + r0 * n + next + 8 * t, n, kc, (int)(i_hi - (next + 8 * t)), mn + t * 8 * kc);
     }
   }

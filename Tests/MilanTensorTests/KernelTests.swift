@@ -403,6 +403,15 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
             milan_packed_weight_grad(dy.data, x.data, rows, outF, inF, iLo, iHi, 0, inF, dw.data, accumulate ? 1 : 0,
                                      scratch.data)
             let got = Array(dw.toArray()[(iLo * inF)..<(iHi * inF)])
+            // Copying each block's micro-panels before its tiles (the carry off) gives the same bits.
+            let alone = accumulate ? Tensor(shape: [outF, inF], values: dw0.toArray())
+                                   : Tensor(shape: [outF, inF], repeating: .nan)
+            Kernels.carriesWeightGradCopy = false
+            milan_packed_weight_grad(dy.data, x.data, rows, outF, inF, iLo, iHi, 0, inF, alone.data,
+                                     accumulate ? 1 : 0, scratch.data)
+            Kernels.carriesWeightGradCopy = true
+            #expect(compare(Array(alone.toArray()[(iLo * inF)..<(iHi * inF)]), got.map(Double.init), atol: 0, rtol: 0,
+                            "dW carried vs copied alone, rows \(rows) outputs \(iLo)..<\(iHi) SIMD \(level)").ok)
             let want = (iLo * inF..<iHi * inF).map { ref[$0] + (accumulate ? Double(dw0.data[$0]) : 0) }
             let r = compare(got, want, atol: 1e-4, rtol: 1e-5,
                             "dW rows \(rows) outputs \(iLo)..<\(iHi) accumulate \(accumulate) SIMD \(level)")

@@ -107,6 +107,10 @@ void milan_packed_product_panels(const float *x, long ldx, long rows, long k, co
 // floats of `scratch`, enough for any call with at most `rows` rows), then the 8 × 32 register tile over every
 // panel. AVX-512 where the CPU has it, else a portable loop.
 long milan_packed_weight_grad_scratch(long rows, long cols);
+// 1 (default): on the micro-panel path the next 16 outputs' dY micro-panels are copied inside the current block's
+// first tiles; 0: each block's copied before its tiles (the same bits; A/B runs: `milan-bench --ab weight-grad-carry`).
+int milan_weight_grad_carry(void);
+void milan_set_weight_grad_carry(int on);
 void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
                               long c_lo, long c_hi, float *dw, int accumulate, float *scratch);
 

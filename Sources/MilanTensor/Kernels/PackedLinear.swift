@@ -78,6 +78,14 @@ extension Kernels {
   nonisolated(unsafe) public static var packsWeightGrads: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_WEIGHT_GRAD"] != "0"
 
+  /// Whether the weight gradient's micro-panel path copies the next 16 outputs' dY micro-panels inside the current
+  /// block's first tiles (the default), or each block's before its tiles (the same bits; `milan-bench --ab
+  /// weight-grad-carry` compares them).
+  public static var carriesWeightGradCopy: Bool {
+    get { milan_weight_grad_carry() != 0 }
+    set { milan_set_weight_grad_carry(newValue ? 1 : 0) }
+  }
+
   /// Whether `packedWeightGrad` is the faster way to compute dW[n, k] += dY[rows, n]ᵀ·X[rows, k], on AVX-512 CPUs:
   /// - small weights (at most 64 Ki entries, e.g. 512 × 128: the CPU default's encoder and decoder) over at least 256
   ///   rows, where OpenBLAS packs both operands (2–18 % faster in a one-thread harness on the CPU-default shapes);
