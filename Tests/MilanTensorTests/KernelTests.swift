@@ -12,6 +12,14 @@ private func randn(_ shape: [Int], _ seed: UInt64, std: Float = 1) -> Tensor {
 
 private func d(_ t: Tensor) -> [Double] { t.toArray().map(Double.init) }
 
+/// dW[o, j] = Σ_r dY[r, o]·X[r, j] in float64: the reference of the weight-gradient kernels.
+private func weightGradReference(dy: Tensor, x: Tensor, rows: Int, outF: Int, inF: Int) -> [Double] {
+  var ref = [Double](repeating: 0, count: outF * inF)
+  for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
+    for j in 0..<inF { ref[o * inF + j] += g * Double(x.data[r * inF + j]) } } }
+  return ref
+}
+
 /// Runs `body` once per available SIMD level (portable, then AVX2, then AVX-512 when the CPU has them).
 private func forEachSIMDLevel(_ body: (Int) -> Void) {
   simdLevelLock.lock()
@@ -327,9 +335,7 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
                                    (521, 257, 520), (700, 600, 40)].enumerated() {
       let x = randn([rows, inF], 2000 + UInt64(i)), dy = randn([rows, outF], 2100 + UInt64(i))
       let dw0 = randn([outF, inF], 2200 + UInt64(i))
-      var ref = [Double](repeating: 0, count: outF * inF)
-      for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
-        for j in 0..<inF { ref[o * inF + j] += g * Double(x.data[r * inF + j]) } } }
+      let ref = weightGradReference(dy: dy, x: x, rows: rows, outF: outF, inF: inF)
       for level in 0...hw {
         milan_set_simd_level(Int32(level))
         var results: [[Float]] = []
@@ -390,9 +396,7 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       let outF = 61, inF = 300
       let x = randn([rows, inF], 2300 + UInt64(i)), dy = randn([rows, outF], 2400 + UInt64(i))
       let dw0 = randn([outF, inF], 2500 + UInt64(i))
-      var ref = [Double](repeating: 0, count: outF * inF)
-      for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
-        for j in 0..<inF { ref[o * inF + j] += g * Double(x.data[r * inF + j]) } } }
+      let ref = weightGradReference(dy: dy, x: x, rows: rows, outF: outF, inF: inF)
       for level in 0...hw {
         milan_set_simd_level(Int32(level))
         for (iLo, iHi) in [(0, 45), (3, 24), (20, 61), (45, 61)] {
