@@ -1141,9 +1141,51 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile_copying(lon
   }
 }
 
+// The tile for at most 4 rows: half the accumulators, so a short tile (a split's edge, the last rows of a head)
+// costs half an 8-row one instead of running FMAs on repeated rows. Each output's sum is formed exactly as in the
+// 8-row tile (bias, then the steps in order), so the bits do not depend on which tile computed it.
+AVX512 static void packed_tile4(long k, const float *x, long ldx, long ldk, const float *wp, float *y, long ldy,
+                                const float *bias, int rows, int cols, int acc) {
+  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+  __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+  __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+  __m512 c00 = b0, c01 = b1, c10 = b0, c11 = b1, c20 = b0, c21 = b1, c30 = b0, c31 = b1;
+  const float *x0 = x, *x1 = x + (rows > 1) * ldx, *x2 = x + (rows > 2) * 2 * ldx, *x3 = x + (rows > 3) * 3 * ldx;
+  for (int i = 0; i < rows; i++) {
+    _mm_prefetch((const char *)(y + i * ldy), _MM_HINT_T0);
+    _mm_prefetch((const char *)(y + i * ldy + 16), _MM_HINT_T0);
+  }
+  for (long kk = 0, o = 0; kk < k; kk++, o += ldk, wp += 32) {
+    __m512 w0 = _mm512_loadu_ps(wp), w1 = _mm512_loadu_ps(wp + 16), a;
+    a = _mm512_set1_ps(x0[o]); c00 = _mm512_fmadd_ps(a, w0, c00); c01 = _mm512_fmadd_ps(a, w1, c01);
+    a = _mm512_set1_ps(x1[o]); c10 = _mm512_fmadd_ps(a, w0, c10); c11 = _mm512_fmadd_ps(a, w1, c11);
+    a = _mm512_set1_ps(x2[o]); c20 = _mm512_fmadd_ps(a, w0, c20); c21 = _mm512_fmadd_ps(a, w1, c21);
+    a = _mm512_set1_ps(x3[o]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
+  }
+  __m512 r[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
+  for (int i = 0; i < rows; i++) {
+    float *yi = y + i * ldy;
+    if (acc) {
+      r[2 * i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[2 * i]);
+      r[2 * i + 1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yi + 16), r[2 * i + 1]);
+    }
+    _mm512_mask_storeu_ps(yi, m0, r[2 * i]);
+    if (m1) _mm512_mask_storeu_ps(yi + 16, m1, r[2 * i + 1]);
+  }
+}
+
+static int tile4_on = 1;
+int milan_short_tiles(void) { return tile4_on; }
+void milan_set_short_tiles(int on) { tile4_on = on; }
+
 AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, const float *x, long ldx, long ldk,
                                                                      const float *wp, float *y, long ldy,
                                                                      const float *bias, int rows, int cols, int acc) {
+  if (rows <= 4 && tile4_on) {
+    packed_tile4(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc);
+    return;
+  }
   packed_tile_copying(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc, 0, 0, 0);
 }
 

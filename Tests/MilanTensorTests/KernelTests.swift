@@ -428,6 +428,86 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     print("weight gradient micro-panels: max |Δ| vs float64 \(worst)")
   }
 
+  @Test func shortTilesGiveTheBitsOfEightRowTiles() {
+    // Tiles of at most 4 rows run on the 4-row tile, and `packedRows` splits rows in units of 4: linear layers whose
+    // rows leave 1–4 in a last tile or make an odd number of 8-row tiles split across the threads (each part then
+    // ends in a 4-row tile), forward and dX, written over NaN; attention heads with 1–5 queries or keys (the rows of
+    // S and O, and of the transposed dV and dK). Against float64, and bit for bit against the 8-row tile alone.
+    simdLevelLock.lock()
+    defer { simdLevelLock.unlock() }
+    guard PackedWeight.fast else {
+      print("short tiles: this CPU has no AVX-512 packed kernel; nothing to compare")
+      return
+    }
+    defer { Kernels.carriesShortTiles = true }
+    var worst = 0.0
+    for (i, (rows, inF, outF)) in [(68, 33, 40), (197, 48, 64), (201, 32, 70), (1572, 20, 40)].enumerated() {
+      let x = randn([rows, inF], 2600 + UInt64(i)), w = randn([outF, inF], 2700 + UInt64(i))
+      let b = randn([outF], 2800 + UInt64(i)), dy = randn([rows, outF], 2900 + UInt64(i))
+      #expect(Kernels.prefersPackedForward(rows: rows, k: inF, n: outF))
+      if i == 2 { #expect(Kernels.prefersPackedProduct(rows: rows, k: outF, n: inF)) }  // dX packed too
+      var runs: [[[Float]]] = []
+      for short in [true, false] {
+        Kernels.carriesShortTiles = short
+        let y = Tensor(shape: [rows, outF], repeating: .nan), dx = Tensor(shape: [rows, inF], repeating: .nan)
+        Kernels.linearForward(x: x.data, weight: w.data, bias: b.data, y: y.data, rows: rows, inFeatures: inF,
+                              outFeatures: outF)
+        Kernels.linearBackward(dy: dy.data, x: x.data, weight: w.data, dx: dx.data, dWeight: nil, dBias: nil,
+                               rows: rows, inFeatures: inF, outFeatures: outF, overwriteDx: true)
+        runs.append([y.toArray(), dx.toArray()])
+      }
+      for (a, b) in zip(runs[0], runs[1]) {
+        #expect(compare(a, b.map(Double.init), atol: 0, rtol: 0,
+                        "linear \(rows)x\(inF)→\(outF): 4-row vs 8-row tiles").ok)
+      }
+      let ref = Naive.linear(d(x), d(w), d(b), rows: rows, inF: inF, outF: outF)
+      var dxRef = [Double](repeating: 0, count: rows * inF)
+      for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
+        for j in 0..<inF { dxRef[r * inF + j] += g * Double(w.data[o * inF + j]) } } }
+      for (got, want, what) in [(runs[0][0], ref, "y"), (runs[0][1], dxRef, "dX")] {
+        let r = compare(got, want, atol: 1e-5, rtol: 1e-5, "short tiles \(what) \(rows)x\(inF)→\(outF)")
+        #expect(r.ok)
+        worst = max(worst, r.maxAbs)
+      }
+    }
+    for (b, h, dh, lq, lk) in [(2, 2, 8, 5, 3), (2, 3, 16, 13, 4), (1, 2, 32, 2, 37), (2, 2, 64, 197, 1)] {
+      let wd = h * dh
+      let q = randn([b, lq, wd], 61), k = randn([b, lk, wd], 62), v = randn([b, lk, wd], 63)
+      let go = randn([b, lq, wd], 64)
+      let s = AttentionShape(batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
+      var runs: [[[Float]]] = []
+      for short in [true, false] {
+        Kernels.carriesShortTiles = short
+        let o = Tensor(shape: [b, lq, wd], repeating: .nan), p = Tensor(uninitialized: [b, h, lq, lk])
+        Kernels.attentionForward(q: AttentionOperand(q.data, ld: wd), k: AttentionOperand(k.data, ld: wd),
+                                 v: AttentionOperand(v.data, ld: wd), o: AttentionOperand(o.data, ld: wd),
+                                 probs: p.data, shape: s)
+        let dq = Tensor(shape: [b, lq, wd], repeating: .nan), dk = Tensor(shape: [b, lk, wd], repeating: .nan)
+        let dv = Tensor(shape: [b, lk, wd], repeating: .nan)
+        Kernels.attentionBackward(dOut: AttentionOperand(go.data, ld: wd), q: AttentionOperand(q.data, ld: wd),
+                                  k: AttentionOperand(k.data, ld: wd), v: AttentionOperand(v.data, ld: wd),
+                                  probs: p.data, dq: AttentionOperand(dq.data, ld: wd),
+                                  dk: AttentionOperand(dk.data, ld: wd), dv: AttentionOperand(dv.data, ld: wd),
+                                  shape: s, overwrite: (true, true, true))
+        runs.append([o.toArray(), dq.toArray(), dk.toArray(), dv.toArray()])
+      }
+      for (a, b) in zip(runs[0], runs[1]) {
+        #expect(compare(a, b.map(Double.init), atol: 0, rtol: 0,
+                        "attention \(lq)x\(lk) dh\(dh): 4-row vs 8-row tiles").ok)
+      }
+      let ref = Naive.attention(d(q), d(k), d(v), batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
+      let grads = Naive.attentionBackward(d(go), d(q), d(k), d(v), probs: ref.probs, batch: b, heads: h,
+                                          headDim: dh, queries: lq, keys: lk)
+      for (got, want, what) in [(runs[0][0], ref.out, "out"), (runs[0][1], grads.dq, "dQ"),
+                                (runs[0][2], grads.dk, "dK"), (runs[0][3], grads.dv, "dV")] {
+        let r = compare(got, want, atol: 3e-5, rtol: 1e-4, "short tiles attention \(what) \(lq)x\(lk) dh\(dh)")
+        #expect(r.ok)
+        worst = max(worst, r.maxAbs)
+      }
+    }
+    print("short tiles: max |Δ| vs float64 \(worst)")
+  }
+
   @Test func attentionMatchesNaiveWithDifferentQueryAndKeyLengths() {
     // Held so no other test switches the SIMD path between the runs compared bit for bit below.
     simdLevelLock.lock()

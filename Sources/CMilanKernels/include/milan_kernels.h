@@ -113,6 +113,10 @@ int milan_weight_grad_carry(void);
 void milan_set_weight_grad_carry(int on);
 void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
                               long c_lo, long c_hi, float *dw, int accumulate, float *scratch);
+// 1 (default): the packed products' tiles of at most 4 rows run on a 4-row register tile (half the FMAs of an 8-row
+// tile with repeated rows); 0: on the 8-row tile (the same bits; A/B runs: `milan-bench --ab short-tiles`).
+int milan_short_tiles(void);
+void milan_set_short_tiles(int on);
 
 // One AdamW update (PyTorch's torch.optim.AdamW, single-tensor) over n elements:
 //   w *= decay (= 1 - lr * weight_decay); m += (1 - b1) * (g - m); v = b2 * v + (1 - b2) * g * g;
