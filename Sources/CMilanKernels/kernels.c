@@ -1175,15 +1175,49 @@ AVX512 static void packed_tile4(long k, const float *x, long ldx, long ldk, cons
   }
 }
 
-static int tile4_on = 1;
-int milan_short_tiles(void) { return tile4_on; }
-void milan_set_short_tiles(int on) { tile4_on = on; }
+// The tile for at most 16 columns (the last panel of S = Q·Kᵀ over 197 keys holds 5): one accumulator per row,
+// half the FMAs of the 32-wide tile with the upper half masked off; each output's sum formed as in the full tile.
+AVX512 static void packed_tile16(long k, const float *x, long ldx, long ldk, const float *wp, float *y, long ldy,
+                                 const float *bias, int rows, int cols, int acc) {
+  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+  __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  __m512 c0 = b0, c1 = b0, c2 = b0, c3 = b0, c4 = b0, c5 = b0, c6 = b0, c7 = b0;
+  const float *x0 = x, *x1 = x + (rows > 1) * ldx, *x2 = x + (rows > 2) * 2 * ldx, *x3 = x + (rows > 3) * 3 * ldx;
+  const float *x4 = x + (rows > 4) * 4 * ldx, *x5 = x + (rows > 5) * 5 * ldx, *x6 = x + (rows > 6) * 6 * ldx;
+  const float *x7 = x + (rows > 7) * 7 * ldx;
+  for (int i = 0; i < rows; i++) _mm_prefetch((const char *)(y + i * ldy), _MM_HINT_T0);
+  for (long kk = 0, o = 0; kk < k; kk++, o += ldk, wp += 32) {
+    __m512 w0 = _mm512_loadu_ps(wp);
+    c0 = _mm512_fmadd_ps(_mm512_set1_ps(x0[o]), w0, c0);
+    c1 = _mm512_fmadd_ps(_mm512_set1_ps(x1[o]), w0, c1);
+    c2 = _mm512_fmadd_ps(_mm512_set1_ps(x2[o]), w0, c2);
+    c3 = _mm512_fmadd_ps(_mm512_set1_ps(x3[o]), w0, c3);
+    c4 = _mm512_fmadd_ps(_mm512_set1_ps(x4[o]), w0, c4);
+    c5 = _mm512_fmadd_ps(_mm512_set1_ps(x5[o]), w0, c5);
+    c6 = _mm512_fmadd_ps(_mm512_set1_ps(x6[o]), w0, c6);
+    c7 = _mm512_fmadd_ps(_mm512_set1_ps(x7[o]), w0, c7);
+  }
+  __m512 r[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
+  for (int i = 0; i < rows; i++) {
+    float *yi = y + i * ldy;
+    if (acc) r[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[i]);
+    _mm512_mask_storeu_ps(yi, m0, r[i]);
+  }
+}
 
+static int edge_tiles_on = 1;
+int milan_edge_tiles(void) { return edge_tiles_on; }
+void milan_set_edge_tiles(int on) { edge_tiles_on = on; }
+
+// An 8 × 32 tile, or at the edges of a product the 4-row or 16-column one (milan_set_edge_tiles(0): always 8 × 32).
 AVX512 static inline __attribute__((always_inline)) void packed_tile(long k, const float *x, long ldx, long ldk,
                                                                      const float *wp, float *y, long ldy,
                                                                      const float *bias, int rows, int cols, int acc) {
-  if (rows <= 4 && tile4_on) {
-    packed_tile4(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc);
+  if ((rows <= 4 || cols <= 16) && edge_tiles_on) {
+    if (rows <= 4)
+      packed_tile4(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc);
+    else
+      packed_tile16(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc);
     return;
   }
   packed_tile_copying(k, x, ldx, ldk, wp, y, ldy, bias, rows, cols, acc, 0, 0, 0);

@@ -428,18 +428,20 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
     print("weight gradient micro-panels: max |Δ| vs float64 \(worst)")
   }
 
-  @Test func shortTilesGiveTheBitsOfEightRowTiles() {
-    // Tiles of at most 4 rows run on the 4-row tile, and `packedRows` splits rows in units of 4: linear layers whose
-    // rows leave 1–4 in a last tile or make an odd number of 8-row tiles split across the threads (each part then
-    // ends in a 4-row tile), forward and dX, written over NaN; attention heads with 1–5 queries or keys (the rows of
-    // S and O, and of the transposed dV and dK). Against float64, and bit for bit against the 8-row tile alone.
+  @Test func edgeTilesGiveTheBitsOfFullTiles() {
+    // Edge tiles run on the 4 × 32 tile (at most 4 rows) and the 8 × 16 one (at most 16 columns), and `packedRows`
+    // splits rows in units of 4: linear layers whose rows leave 1–4 in a last tile or make an odd number of 8-row
+    // tiles split across the threads (each part then ends in a 4-row tile), and whose outputs (forward) or inputs (dX)
+    // leave 1–16 in a last panel, written over NaN; attention heads with 1–5 queries or keys, or 1–16 keys or a head
+    // width of 8 or 16 in a last panel (S, O, and the transposed dV and dK). Against float64, and bit for bit against
+    // the 8 × 32 tile alone.
     simdLevelLock.lock()
     defer { simdLevelLock.unlock() }
     guard PackedWeight.fast else {
-      print("short tiles: this CPU has no AVX-512 packed kernel; nothing to compare")
+      print("edge tiles: this CPU has no AVX-512 packed kernel; nothing to compare")
       return
     }
-    defer { Kernels.carriesShortTiles = true }
+    defer { Kernels.usesEdgeTiles = true }
     var worst = 0.0
     for (i, (rows, inF, outF)) in [(68, 33, 40), (197, 48, 64), (201, 32, 70), (1572, 20, 40)].enumerated() {
       let x = randn([rows, inF], 2600 + UInt64(i)), w = randn([outF, inF], 2700 + UInt64(i))
@@ -447,8 +449,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       #expect(Kernels.prefersPackedForward(rows: rows, k: inF, n: outF))
       if i == 2 { #expect(Kernels.prefersPackedProduct(rows: rows, k: outF, n: inF)) }  // dX packed too
       var runs: [[[Float]]] = []
-      for short in [true, false] {
-        Kernels.carriesShortTiles = short
+      for edges in [true, false] {
+        Kernels.usesEdgeTiles = edges
         let y = Tensor(shape: [rows, outF], repeating: .nan), dx = Tensor(shape: [rows, inF], repeating: .nan)
         Kernels.linearForward(x: x.data, weight: w.data, bias: b.data, y: y.data, rows: rows, inFeatures: inF,
                               outFeatures: outF)
@@ -458,14 +460,14 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       }
       for (a, b) in zip(runs[0], runs[1]) {
         #expect(compare(a, b.map(Double.init), atol: 0, rtol: 0,
-                        "linear \(rows)x\(inF)→\(outF): 4-row vs 8-row tiles").ok)
+                        "linear \(rows)x\(inF)→\(outF): edge tiles vs 8 × 32").ok)
       }
       let ref = Naive.linear(d(x), d(w), d(b), rows: rows, inF: inF, outF: outF)
       var dxRef = [Double](repeating: 0, count: rows * inF)
       for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
         for j in 0..<inF { dxRef[r * inF + j] += g * Double(w.data[o * inF + j]) } } }
       for (got, want, what) in [(runs[0][0], ref, "y"), (runs[0][1], dxRef, "dX")] {
-        let r = compare(got, want, atol: 1e-5, rtol: 1e-5, "short tiles \(what) \(rows)x\(inF)→\(outF)")
+        let r = compare(got, want, atol: 1e-5, rtol: 1e-5, "edge tiles \(what) \(rows)x\(inF)→\(outF)")
         #expect(r.ok)
         worst = max(worst, r.maxAbs)
       }
@@ -476,8 +478,8 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       let go = randn([b, lq, wd], 64)
       let s = AttentionShape(batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
       var runs: [[[Float]]] = []
-      for short in [true, false] {
-        Kernels.carriesShortTiles = short
+      for edges in [true, false] {
+        Kernels.usesEdgeTiles = edges
         let o = Tensor(shape: [b, lq, wd], repeating: .nan), p = Tensor(uninitialized: [b, h, lq, lk])
         Kernels.attentionForward(q: AttentionOperand(q.data, ld: wd), k: AttentionOperand(k.data, ld: wd),
                                  v: AttentionOperand(v.data, ld: wd), o: AttentionOperand(o.data, ld: wd),
@@ -493,19 +495,19 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       }
       for (a, b) in zip(runs[0], runs[1]) {
         #expect(compare(a, b.map(Double.init), atol: 0, rtol: 0,
-                        "attention \(lq)x\(lk) dh\(dh): 4-row vs 8-row tiles").ok)
+                        "attention \(lq)x\(lk) dh\(dh): edge tiles vs 8 × 32").ok)
       }
       let ref = Naive.attention(d(q), d(k), d(v), batch: b, heads: h, headDim: dh, queries: lq, keys: lk)
       let grads = Naive.attentionBackward(d(go), d(q), d(k), d(v), probs: ref.probs, batch: b, heads: h,
                                           headDim: dh, queries: lq, keys: lk)
       for (got, want, what) in [(runs[0][0], ref.out, "out"), (runs[0][1], grads.dq, "dQ"),
                                 (runs[0][2], grads.dk, "dK"), (runs[0][3], grads.dv, "dV")] {
-        let r = compare(got, want, atol: 3e-5, rtol: 1e-4, "short tiles attention \(what) \(lq)x\(lk) dh\(dh)")
+        let r = compare(got, want, atol: 3e-5, rtol: 1e-4, "edge tiles attention \(what) \(lq)x\(lk) dh\(dh)")
         #expect(r.ok)
         worst = max(worst, r.maxAbs)
       }
     }
-    print("short tiles: max |Δ| vs float64 \(worst)")
+    print("edge tiles: max |Δ| vs float64 \(worst)")
   }
 
   @Test func attentionMatchesNaiveWithDifferentQueryAndKeyLengths() {

@@ -113,10 +113,11 @@ int milan_weight_grad_carry(void);
 void milan_set_weight_grad_carry(int on);
 void milan_packed_weight_grad(const float *dy, const float *x, long rows, long n, long k, long i_lo, long i_hi,
                               long c_lo, long c_hi, float *dw, int accumulate, float *scratch);
-// 1 (default): the packed products' tiles of at most 4 rows run on a 4-row register tile (half the FMAs of an 8-row
-// tile with repeated rows); 0: on the 8-row tile (the same bits; A/B runs: `milan-bench --ab short-tiles`).
-int milan_short_tiles(void);
-void milan_set_short_tiles(int on);
+// 1 (default): the packed products' edge tiles, of at most 4 rows or at most 16 columns, run on a 4 × 32 or 8 × 16
+// register tile (half the FMAs of the 8 × 32 tile with rows repeated or columns masked off); 0: on the 8 × 32 tile
+// (the same bits; A/B runs: `milan-bench --ab edge-tiles`).
+int milan_edge_tiles(void);
+void milan_set_edge_tiles(int on);
 
 // One AdamW update (PyTorch's torch.optim.AdamW, single-tensor) over n elements:
 //   w *= decay (= 1 - lr * weight_decay); m += (1 - b1) * (g - m); v = b2 * v + (1 - b2) * g * g;

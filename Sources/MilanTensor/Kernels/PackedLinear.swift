@@ -60,9 +60,9 @@ extension Kernels {
                                  bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool) {
     if BLAS.countFLOPs { milan_flop_counter_add(Int64(2 * rows * n * k)) }
     nonisolated(unsafe) let x = x, y = y, bias = bias, panels = panels
-    // Split in units of 4 rows: with the 4-row tile (`carriesShortTiles`) an odd number of 8-row tiles (1576 rows
+    // Split in units of 4 rows: with the 4-row tile (`usesEdgeTiles`) an odd number of 8-row tiles (1576 rows
     // are 197) splits evenly, each part ending in a 4-row tile, instead of one part running a whole tile more.
-    let unit = carriesShortTiles ? 4 : 8, units = (rows + unit - 1) / unit, acc: Int32 = accumulate ? 1 : 0
+    let unit = usesEdgeTiles ? 4 : 8, units = (rows + unit - 1) / unit, acc: Int32 = accumulate ? 1 : 0
     // Parts of at least 2^18 multiply-adds (up to 64 rows), so a small product is not split below the dispatch cost.
     Parallel.forEachChunk(units, minChunk: max(1, min(64, (1 << 18) / max(1, n * k)) / unit)) { r in
       let lo = r.lowerBound * unit, hi = min(rows, r.upperBound * unit)
@@ -80,12 +80,12 @@ extension Kernels {
   nonisolated(unsafe) public static var packsWeightGrads: Bool =
     ProcessInfo.processInfo.environment["MILAN_PACKED_WEIGHT_GRAD"] != "0"
 
-  /// Whether tiles of at most 4 rows run on the packed kernel's 4-row tile (the default), with `packedRows` splitting
-  /// rows in units of 4, rather than on the 8-row tile with rows repeated and a split in units of 8 (the same bits;
-  /// `milan-bench --ab short-tiles` compares them).
-  public static var carriesShortTiles: Bool {
-    get { milan_short_tiles() != 0 }
-    set { milan_set_short_tiles(newValue ? 1 : 0) }
+  /// Whether the packed kernel's edge tiles (at most 4 rows, or at most 16 columns) run on its 4 × 32 and 8 × 16
+  /// tiles (the default), with `packedRows` splitting rows in units of 4, rather than on the 8 × 32 tile with rows
+  /// repeated or columns masked off and a split in units of 8 (the same bits; `milan-bench --ab edge-tiles`).
+  public static var usesEdgeTiles: Bool {
+    get { milan_edge_tiles() != 0 }
+    set { milan_set_edge_tiles(newValue ? 1 : 0) }
   }
 
   /// Whether the weight gradient's micro-panel path copies the next 16 outputs' dY micro-panels inside the current

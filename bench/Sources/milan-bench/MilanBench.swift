@@ -89,7 +89,7 @@ func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 /// Levers `--ab` can switch, each "on" being the default.
 let abLevers = ["gemm-tasks (on: 1 task per thread, off: 2)", "packed-training", "packed-short-forward",
                 "packed-weight-grad", "packed-large", "packed-attention", "attention-prefetch", "worker-pool",
-                "gelu-tail-list", "panel-by-panel", "weight-grad-carry", "short-tiles"]
+                "gelu-tail-list", "panel-by-panel", "weight-grad-carry", "edge-tiles"]
 
 /// The setter of an `--ab` lever (`on` = the library's default); several comma-separated levers switch together.
 func abLever(_ names: String) throws -> (Bool) -> Void {
@@ -110,7 +110,7 @@ private func abLever(one name: String) throws -> (Bool) -> Void {
   case "gelu-tail-list": return { Kernels.geluTailList = $0 }
   case "panel-by-panel": return { Kernels.packsPanelsOneByOne = $0 }
   case "weight-grad-carry": return { Kernels.carriesWeightGradCopy = $0 }
-  case "short-tiles": return { Kernels.carriesShortTiles = $0 }
+  case "edge-tiles": return { Kernels.usesEdgeTiles = $0 }
   default: throw ValidationError("--ab: unknown lever \(name) (\(abLevers.joined(separator: ", ")))")
   }
 }
