@@ -63,8 +63,9 @@ extension Kernels {
     // Split in units of 4 rows: with the 4-row tile (`usesEdgeTiles`) an odd number of 8-row tiles (1576 rows
     // are 197) splits evenly, each part ending in a 4-row tile, instead of one part running a whole tile more.
     let unit = usesEdgeTiles ? 4 : 8, units = (rows + unit - 1) / unit, acc: Int32 = accumulate ? 1 : 0
-    // Parts of at least 2^18 multiply-adds (up to 64 rows), so a small product is not split below the dispatch cost.
-    Parallel.forEachChunk(units, minChunk: max(1, min(64, (1 << 18) / max(1, n * k)) / unit)) { r in
+    // Parts of at least 2^18 multiply-adds (or 64 rows), so a small product is not split below the dispatch cost.
+    let minRows = min(64, ((1 << 18) + n * k - 1) / max(1, n * k))
+    Parallel.forEachChunk(units, minChunk: (minRows + unit - 1) / unit) { r in
       let lo = r.lowerBound * unit, hi = min(rows, r.upperBound * unit)
       milan_packed_linear(x + lo * k, k, hi - lo, k, panels, n, bias, y + lo * n, n, acc)
     }
