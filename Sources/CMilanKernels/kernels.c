@@ -1094,13 +1094,34 @@ static long wg_chunk(long rows, long cols) {
 // the copy's strided loads (a new line per step) then wait while the FMAs run instead of before them. Callers pass 0
 // for a plain tile, and the copy compiles away.
 enum { WG_COPY_AHEAD = 32 };
+// Shared by the register tiles below: the masks of a tile `cols` wide (the second zero up to 16 columns), and the
+// epilogue that adds the old outputs (`acc`) and stores `per_row` (1 or 2) vectors for each of the tile's rows.
+AVX512 static inline __attribute__((always_inline)) void tile_masks(int cols, __mmask16 *m0, __mmask16 *m1) {
+  *m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+  *m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+}
+
+AVX512 static inline __attribute__((always_inline)) void tile_store(__m512 *r, int per_row, int rows, float *y,
+                                                                    long ldy, __mmask16 m0, __mmask16 m1, int acc) {
+  for (int i = 0; i < rows; i++) {
+    float *yi = y + i * ldy;
+    __m512 *ri = r + per_row * i;
+    if (acc) {
+      ri[0] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), ri[0]);
+      if (per_row > 1) ri[1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yi + 16), ri[1]);
+    }
+    _mm512_mask_storeu_ps(yi, m0, ri[0]);
+    if (per_row > 1 && m1) _mm512_mask_storeu_ps(yi + 16, m1, ri[1]);
+  }
+}
+
 AVX512 static inline __attribute__((always_inline)) void packed_tile_copying(long k, const float *x, long ldx, long ldk,
                                                                              const float *wp, float *y, long ldy,
                                                                              const float *bias, int rows, int cols,
                                                                              int acc, const float *cp_src, long cp_ld,
                                                                              float *cp_dst) {
-  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
-  __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+  __mmask16 m0, m1;
+  tile_masks(cols, &m0, &m1);
   __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
   __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
   __m512 c00 = b0, c01 = b1, c10 = b0, c11 = b1, c20 = b0, c21 = b1, c30 = b0, c31 = b1;
@@ -1130,15 +1151,7 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile_copying(lon
     a = _mm512_set1_ps(x7[o]); c70 = _mm512_fmadd_ps(a, w0, c70); c71 = _mm512_fmadd_ps(a, w1, c71);
   }
   __m512 r[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
-  for (int i = 0; i < rows; i++) {
-    float *yi = y + i * ldy;
-    if (acc) {
-      r[2 * i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[2 * i]);
-      r[2 * i + 1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yi + 16), r[2 * i + 1]);
-    }
-    _mm512_mask_storeu_ps(yi, m0, r[2 * i]);
-    if (m1) _mm512_mask_storeu_ps(yi + 16, m1, r[2 * i + 1]);
-  }
+  tile_store(r, 2, rows, y, ldy, m0, m1, acc);
 }
 
 // The tile for at most 4 rows: half the accumulators, so a short tile (a split's edge, the last rows of a head)
@@ -1146,8 +1159,8 @@ AVX512 static inline __attribute__((always_inline)) void packed_tile_copying(lon
 // 8-row tile (bias, then the steps in order), so the bits do not depend on which tile computed it.
 AVX512 static void packed_tile4(long k, const float *x, long ldx, long ldk, const float *wp, float *y, long ldy,
                                 const float *bias, int rows, int cols, int acc) {
-  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
-  __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+  __mmask16 m0, m1;
+  tile_masks(cols, &m0, &m1);
   __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
   __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
   __m512 c00 = b0, c01 = b1, c10 = b0, c11 = b1, c20 = b0, c21 = b1, c30 = b0, c31 = b1;
@@ -1164,22 +1177,15 @@ AVX512 static void packed_tile4(long k, const float *x, long ldx, long ldk, cons
     a = _mm512_set1_ps(x3[o]); c30 = _mm512_fmadd_ps(a, w0, c30); c31 = _mm512_fmadd_ps(a, w1, c31);
   }
   __m512 r[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
-  for (int i = 0; i < rows; i++) {
-    float *yi = y + i * ldy;
-    if (acc) {
-      r[2 * i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[2 * i]);
-      r[2 * i + 1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yi + 16), r[2 * i + 1]);
-    }
-    _mm512_mask_storeu_ps(yi, m0, r[2 * i]);
-    if (m1) _mm512_mask_storeu_ps(yi + 16, m1, r[2 * i + 1]);
-  }
+  tile_store(r, 2, rows, y, ldy, m0, m1, acc);
 }
 
 // The tile for at most 16 columns (the last panel of S = Q·Kᵀ over 197 keys holds 5): one accumulator per row,
 // half the FMAs of the 32-wide tile with the upper half masked off; each output's sum formed as in the full tile.
 AVX512 static void packed_tile16(long k, const float *x, long ldx, long ldk, const float *wp, float *y, long ldy,
                                  const float *bias, int rows, int cols, int acc) {
-  __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+  __mmask16 m0, m1;
+  tile_masks(cols, &m0, &m1);
   __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
   __m512 c0 = b0, c1 = b0, c2 = b0, c3 = b0, c4 = b0, c5 = b0, c6 = b0, c7 = b0;
   const float *x0 = x, *x1 = x + (rows > 1) * ldx, *x2 = x + (rows > 2) * 2 * ldx, *x3 = x + (rows > 3) * 3 * ldx;
@@ -1198,11 +1204,7 @@ AVX512 static void packed_tile16(long k, const float *x, long ldx, long ldk, con
     c7 = _mm512_fmadd_ps(_mm512_set1_ps(x7[o]), w0, c7);
   }
   __m512 r[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
-  for (int i = 0; i < rows; i++) {
-    float *yi = y + i * ldy;
-    if (acc) r[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yi), r[i]);
-    _mm512_mask_storeu_ps(yi, m0, r[i]);
-  }
+  tile_store(r, 1, rows, y, ldy, m0, m1, acc);
 }
 
 static int edge_tiles_on = 1;

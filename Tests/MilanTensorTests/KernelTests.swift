@@ -20,6 +20,14 @@ private func weightGradReference(dy: Tensor, x: Tensor, rows: Int, outF: Int, in
   return ref
 }
 
+/// dX = dY·W of a linear layer in float64: dy [rows, outF], w [outF, inF] → [rows, inF].
+private func inputGradReference(dy: Tensor, w: Tensor, rows: Int, outF: Int, inF: Int) -> [Double] {
+  var ref = [Double](repeating: 0, count: rows * inF)
+  for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
+    for j in 0..<inF { ref[r * inF + j] += g * Double(w.data[o * inF + j]) } } }
+  return ref
+}
+
 /// Runs `body` once per available SIMD level (portable, then AVX2, then AVX-512 when the CPU has them).
 private func forEachSIMDLevel(_ body: (Int) -> Void) {
   simdLevelLock.lock()
@@ -263,9 +271,7 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
       let forwardPacked = Kernels.prefersPackedForward(rows: rows, k: inF, n: outF)
       let backwardPacked = Kernels.prefersPackedProduct(rows: rows, k: outF, n: inF)
       // dX reference: dy·W (+ dx0 when accumulating).
-      var dxRef = [Double](repeating: 0, count: rows * inF)
-      for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
-        for j in 0..<inF { dxRef[r * inF + j] += g * Double(w.data[o * inF + j]) } } }
+      let dxRef = inputGradReference(dy: dy, w: w, rows: rows, outF: outF, inF: inF)
       var results: [[[Float]]] = []
       for packed in [true, false] {
         Kernels.packsTrainingProducts = packed
@@ -463,9 +469,7 @@ private func forEachSIMDLevel(_ body: (Int) -> Void) {
                         "linear \(rows)x\(inF)→\(outF): edge tiles vs 8 × 32").ok)
       }
       let ref = Naive.linear(d(x), d(w), d(b), rows: rows, inF: inF, outF: outF)
-      var dxRef = [Double](repeating: 0, count: rows * inF)
-      for r in 0..<rows { for o in 0..<outF { let g = Double(dy.data[r * outF + o])
-        for j in 0..<inF { dxRef[r * inF + j] += g * Double(w.data[o * inF + j]) } } }
+      let dxRef = inputGradReference(dy: dy, w: w, rows: rows, outF: outF, inF: inF)
       for (got, want, what) in [(runs[0][0], ref, "y"), (runs[0][1], dxRef, "dX")] {
         let r = compare(got, want, atol: 1e-5, rtol: 1e-5, "edge tiles \(what) \(rows)x\(inF)→\(outF)")
         #expect(r.ok)

@@ -138,8 +138,9 @@ public func assembleTokens(cls: Variable, visible: Variable, masked: Variable, i
                && masked.shape == [b, m, d] && idsRestore.shape == [b, l],
                "assembleTokens: cls \(cls.shape), visible \(visible.shape), masked \(masked.shape), ids \(idsRestore.shape)")
   let ids = idsRestore.values
+  var seen = [Bool](repeating: false, count: l)
   for n in 0..<b {  // each image's restore order is a permutation: every visible and masked row is used once
-    var seen = [Bool](repeating: false, count: l)
+    if n > 0 { for j in 0..<l { seen[j] = false } }
     for i in 0..<l {
       let j = ids[n * l + i]
       precondition(j >= 0 && j < l && !seen[j], "assembleTokens: idsRestore row \(n) is not a permutation of 0..<\(l)")
@@ -174,7 +175,7 @@ public func assembleTokens(cls: Variable, visible: Variable, masked: Variable, i
           let dst = j < k ? gvp.map { $0 + (n * k + j) * d } : gmp.map { $0 + (n * m + j - k) * d }
           guard let dst else { continue }
           if j < k ? addV : addM {
-            for c in 0..<d { dst[c] += row[c] }
+            Kernels.axpy(1, x: row, y: dst, count: d)
           } else {
             dst.update(from: row, count: d)
           }
@@ -183,7 +184,7 @@ public func assembleTokens(cls: Variable, visible: Variable, masked: Variable, i
     }
     if cls.requiresGrad {
       let gc = cls.gradBuffer().data
-      for n in 0..<b { for c in 0..<d { gc[n * clsStride + c] += gp[n * (1 + l) * d + c] } }
+      for n in 0..<b { Kernels.axpy(1, x: gp + n * (1 + l) * d, y: gc + n * clsStride, count: d) }
     }
   }
 }
